@@ -1,0 +1,238 @@
+"""Reader for the FaceLift / GS-LRM on-disk format.
+
+    data_train.txt                 one sample folder per line (absolute, or relative to the list file)
+    <sample>/opencv_cameras.json   {"id", "frames": [{"w","h","fx","fy","cx","cy","w2c","file_path", ...}]}
+    <sample>/<file_path>           RGBA PNG, alpha = foreground mask
+
+`w2c` is a 4x4 row-major world-to-camera matrix in OpenCV convention (x right, y down,
+z forward). Extra per-frame keys (e.g. FaceLift's `blender_camera_name`) are ignored.
+Every problem raises `DataError` naming the file and the reason.
+
+Decoding and LANCZOS-resizing PNGs dominates loading time, so `load_view` keeps the resized
+RGBA in an on-disk cache keyed by (source path, size, mtime, byte size): a changed source
+file gets a new key and is decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CAMERA_FILE = "opencv_cameras.json"
+# FaceLift builds alpha from RGB-only images: pixels with every channel above 250/255 are background.
+RGB_ONLY_BACKGROUND_LEVEL = 250
+
+
+class DataError(ValueError):
+    """A dataset file is missing or malformed. The message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One camera view of a sample, as written in opencv_cameras.json (full-resolution pixels)."""
+
+    width: int
+    height: int
+    intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy
+    w2c: np.ndarray  # [4, 4] float64
+    image_path: Path
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    folder: Path
+    frames: tuple[Frame, ...]
+
+
+def read_list_file(list_file: str | Path) -> list[Path]:
+    """Sample folders named in a list file; relative entries are resolved against its folder."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DataError(f"{list_file}: list file not found (expected one sample folder per line)")
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{list_file}: cannot read list file: {exc}") from None
+    folders = []
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry)
+        folders.append(path if path.is_absolute() else (list_file.parent / path))
+    if not folders:
+        raise DataError(f"{list_file}: list file names no sample folders")
+    return folders
+
+
+def _number(frame: dict, key: str, where: str, positive: bool = False) -> float:
+    value = frame.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise DataError(f"{where}: '{key}' must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise DataError(f"{where}: '{key}' must be > 0, got {value!r}")
+    return float(value)
+
+
+def _rigid_w2c(value: object, where: str) -> np.ndarray:
+    try:
+        matrix = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: 'w2c' must be a 4x4 list of numbers") from None
+    if matrix.shape != (4, 4):
+        raise DataError(f"{where}: 'w2c' must be 4x4, got shape {list(matrix.shape)}")
+    if not np.isfinite(matrix).all():
+        raise DataError(f"{where}: 'w2c' has non-finite values")
+    rotation = matrix[:3, :3]
+    if (np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0
+            or np.abs(matrix[3] - [0, 0, 0, 1]).max() > 1e-6):
+        raise DataError(f"{where}: 'w2c' is not a rigid transform (rotation must be orthonormal, "
+                        "det +1, last row 0 0 0 1)")
+    return matrix
+
+
+def read_sample(folder: str | Path) -> Sample:
+    """Parse and validate one sample folder's opencv_cameras.json (images are not opened)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: sample folder not found")
+    camera_file = folder / CAMERA_FILE
+    if not camera_file.is_file():
+        raise DataError(f"{camera_file}: missing camera file")
+    try:
+        data = json.loads(camera_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{camera_file}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
+        raise DataError(f"{camera_file}: expected an object with a non-empty 'frames' list")
+    frames = []
+    for index, raw in enumerate(data["frames"]):
+        where = f"{camera_file} frame {index}"
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: expected an object")
+        width, height = _number(raw, "w", where, True), _number(raw, "h", where, True)
+        if width != int(width) or height != int(height):
+            raise DataError(f"{where}: 'w' and 'h' must be whole numbers")
+        intrinsics = tuple(_number(raw, k, where, k in ("fx", "fy")) for k in ("fx", "fy", "cx", "cy"))
+        file_path = raw.get("file_path")
+        if not isinstance(file_path, str) or not file_path:
+            raise DataError(f"{where}: 'file_path' must be a non-empty string")
+        frames.append(Frame(int(width), int(height), intrinsics, _rigid_w2c(raw.get("w2c"), where),
+                            folder / file_path))
+    return Sample(str(data.get("id", folder.name)), folder, tuple(frames))
+
+
+def _cache_path(cache_dir: Path, image_path: Path, size: int) -> Path:
+    stat = image_path.stat()
+    key = f"{image_path.resolve()}|{size}|{stat.st_mtime_ns}|{stat.st_size}"
+    return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
+
+
+def _decode_resized(frame: Frame, size: int) -> np.ndarray:
+    path = frame.image_path
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.size != (frame.width, frame.height):
+                raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]} but the camera "
+                                f"file says {frame.width}x{frame.height}")
+            if image.mode == "RGBA":
+                rgba = image
+            else:
+                rgb = np.asarray(image.convert("RGB"))
+                alpha = ~(rgb > RGB_ONLY_BACKGROUND_LEVEL).all(-1)
+                rgba = Image.fromarray(np.dstack([rgb, (alpha * 255).astype(np.uint8)]), "RGBA")
+            if rgba.size != (size, size):
+                rgba = rgba.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(rgba, dtype=np.uint8).copy()
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+
+
+def load_view(frame: Frame, size: int, cache_dir: Path | None = None) -> np.ndarray:
+    """Decoded RGBA resized to size x size: [size, size, 4] uint8 (cached when cache_dir is set)."""
+    if cache_dir is None:
+        return _decode_resized(frame, size)
+    try:
+        cached = _cache_path(cache_dir, frame.image_path, size)
+    except OSError:
+        raise DataError(f"{frame.image_path}: image file not found") from None
+    if cached.is_file():
+        try:
+            return np.load(cached)
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    rgba = _decode_resized(frame, size)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, rgba)
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # the cache is an optimisation; a read-only disk must not stop training
+    return rgba
+
+
+def scaled_intrinsics(frame: Frame, size: int) -> np.ndarray:
+    """[4] fx, fy, cx, cy for the image resized from (w, h) to size x size."""
+    fx, fy, cx, cy = frame.intrinsics
+    sx, sy = size / frame.width, size / frame.height
+    return np.array([fx * sx, fy * sy, cx * sx, cy * sy], dtype=np.float64)
+
+
+def background_rgb(name: str) -> np.ndarray:
+    """[3] float RGB of a background colour name."""
+    return {"white": np.ones(3), "black": np.zeros(3)}[name]
+
+
+def composite(rgba: np.ndarray, background: np.ndarray, remove_alpha: bool) -> tuple[np.ndarray, np.ndarray]:
+    """RGBA uint8 [H, W, 4] -> (rgb [3, H, W] float32 in [0, 1], alpha [1, H, W] float32).
+
+    With remove_alpha the RGB is composited over `background` using alpha; otherwise the
+    stored RGB is returned as it is.
+    """
+    pixels = rgba.astype(np.float32) / 255.0
+    rgb, alpha = pixels[..., :3], pixels[..., 3:]
+    if remove_alpha:
+        rgb = rgb * alpha + background.astype(np.float32) * (1.0 - alpha)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), np.ascontiguousarray(alpha.transpose(2, 0, 1))
+
+
+def normalize_rig(c2w: np.ndarray, target_distance: float) -> np.ndarray:
+    """Rotate the world so the rig's plane normal is +Z, then scale so the mean camera distance
+    to the origin is `target_distance`. One similarity for all cameras, so images stay
+    consistent with the geometry (FaceLift rescales each camera on its own, which does not).
+
+    c2w: [N, 4, 4] -> [N, 4, 4]
+    """
+    centres = c2w[:, :3, 3]
+    _, _, vt = np.linalg.svd(centres - centres.mean(0))
+    normal = vt[-1]
+    if normal @ (-c2w[:, :3, 1]).mean(0) < 0:  # OpenCV "up" is -y
+        normal = -normal
+    z = np.array([0.0, 0.0, 1.0])
+    axis, cos = np.cross(normal, z), float(normal @ z)
+    if np.linalg.norm(axis) < 1e-9:
+        rotation = np.eye(3) if cos > 0 else np.diag([1.0, -1.0, -1.0])
+    else:
+        skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        rotation = np.eye(3) + skew + skew @ skew / (1 + cos)
+    out = c2w.copy()
+    out[:, :3, :3] = rotation @ c2w[:, :3, :3]
+    moved = centres @ rotation.T
+    out[:, :3, 3] = moved * (target_distance / np.linalg.norm(moved, axis=1).mean())
+    return out

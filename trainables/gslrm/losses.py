@@ -1,0 +1,255 @@
+"""Training losses for GS-LRM on mice filmed against a plain (white) background.
+
+Shapes: render / target [B, V, 3, H, W] in [0, 1], target alpha [B, V, 1, H, W] in
+[0, 1] (soft alpha allowed). The render is clamped to [0, 1] before every term, as
+the reference does, so over-bright Gaussians are not pushed back by the loss.
+
+With the mouse at ~5% of the pixels, plain L2 is minimised by painting everything
+white. The masked variants average only over foreground pixels (alpha >
+mask_threshold), and the background loss pulls the remaining pixels to the known
+background colour so the masked loss cannot be gamed by spilling colour around the
+mouse.
+
+Foreground / background split: foreground = alpha > mask_threshold, background = NOT
+foreground (alpha <= mask_threshold). The reference used alpha < 0.5 for the
+background, which leaves pixels at exactly 0.5 in neither set; here each pixel is in
+exactly one.
+
+Masked SSIM: the per-pixel SSIM map uses the same Gaussian window and VALID padding
+as pytorch_msssim (so its plain mean equals pytorch_msssim.ssim), and is averaged over
+the map pixels whose window centre is foreground. Consequences: background pixels
+within win_size // 2 = 5 px of the mouse do influence the masked SSIM (silhouette
+edges count, by design), and foreground within 5 px of the image border is not
+scored. The reference instead painted background 0.5 in both images and took the
+full-image SSIM, which dilutes the loss by the ~95% background pixels (SSIM 1 there).
+
+Perceptual (VGG19) and LPIPS losses are not implemented: their weights are not
+available locally and are never downloaded, and a fake term would corrupt the study.
+check_perceptual_available() turns a non-zero weight into a start-up error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytorch_msssim
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from trainables.gslrm.metrics import (
+    SSIM_WIN_SIGMA,
+    SSIM_WIN_SIZE,
+    check_image_shapes,
+    mask_iou,
+    psnr_from_mse,
+)
+
+# pytorch_msssim's defaults for images in [0, 1]
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Loss weights and switches (the `training.losses` config section, minus the
+    perceptual / LPIPS weights, which check_perceptual_available() handles)."""
+
+    l2_loss_weight: float = 1.0
+    ssim_loss_weight: float = 0.0
+    masked_l2_loss: bool = False
+    masked_ssim_loss: bool = False
+    mask_threshold: float = 0.5  # foreground = alpha > mask_threshold
+    background_loss_weight: float = 0.0
+    background_color_target: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mask_iou_threshold: float = 0.1  # for the train/mask_iou diagnostic
+
+    def __post_init__(self) -> None:
+        for name in ("l2_loss_weight", "ssim_loss_weight", "background_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
+        if len(self.background_color_target) != 3:
+            raise ValueError("background_color_target must have 3 values")
+        # configs hold a list; store a tuple so the frozen instance stays immutable
+        color = tuple(float(c) for c in self.background_color_target)
+        object.__setattr__(self, "background_color_target", color)
+
+
+def check_perceptual_available(perceptual_loss_weight: float, lpips_loss_weight: float) -> None:
+    """Fail at start-up if a perceptual or LPIPS loss is requested.
+
+    Neither the VGG19 weights (perceptual loss) nor the LPIPS VGG weights are
+    available locally, and this project never downloads weights nor substitutes a
+    fake term. Returns None when both weights are 0.
+    """
+    if perceptual_loss_weight < 0 or lpips_loss_weight < 0:
+        raise ValueError(
+            f"perceptual_loss_weight ({perceptual_loss_weight}) and lpips_loss_weight "
+            f"({lpips_loss_weight}) must be >= 0"
+        )
+    if perceptual_loss_weight > 0 or lpips_loss_weight > 0:
+        raise RuntimeError(
+            "perceptual_loss_weight="
+            f"{perceptual_loss_weight}, lpips_loss_weight={lpips_loss_weight}: the VGG19 "
+            "(perceptual) and LPIPS weights are not available locally and are never "
+            "downloaded, so these losses cannot be computed. Set "
+            "training.losses.perceptual_loss_weight and training.losses.lpips_loss_weight to 0."
+        )
+    return None
+
+
+def gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Normalised 1-D Gaussian [size], centred on the middle tap."""
+    coords = torch.arange(size, dtype=dtype, device=device) - size // 2
+    window = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return window / window.sum()
+
+
+def _blur_valid(x: Tensor, window: Tensor) -> Tensor:
+    """Separable Gaussian blur with valid padding, per channel.
+
+    x: [N, C, H, W] -> [N, C, H', W'] with H' = H - K + 1 where H >= K, else H.
+    A dimension shorter than the window is not smoothed, matching pytorch_msssim
+    so that the SSIM map's mean equals its scalar SSIM at every image size.
+    """
+    channels = x.shape[1]
+    size = window.numel()
+    out = x
+    if x.shape[2] >= size:
+        out = F.conv2d(
+            out, window.view(1, 1, size, 1).expand(channels, 1, size, 1), groups=channels
+        )
+    if x.shape[3] >= size:
+        out = F.conv2d(
+            out, window.view(1, 1, 1, size).expand(channels, 1, 1, size), groups=channels
+        )
+    return out
+
+
+def ssim_map(
+    x: Tensor,
+    y: Tensor,
+    win_size: int = SSIM_WIN_SIZE,
+    win_sigma: float = SSIM_WIN_SIGMA,
+    data_range: float = 1.0,
+) -> Tensor:
+    """Per-pixel SSIM, mean over channels: [N, C, H, W] x2 -> [N, 1, H', W'].
+
+    Valid padding (see _blur_valid): map pixel (i, j) is the window centred on image
+    pixel (i + win_size // 2, j + win_size // 2) in each dimension that was smoothed.
+    """
+    window = gaussian_window(win_size, win_sigma, x.dtype, x.device)
+    c1 = (_SSIM_K1 * data_range) ** 2
+    c2 = (_SSIM_K2 * data_range) ** 2
+    mu_x = _blur_valid(x, window)
+    mu_y = _blur_valid(y, window)
+    var_x = _blur_valid(x * x, window) - mu_x**2
+    var_y = _blur_valid(y * y, window) - mu_y**2
+    cov = _blur_valid(x * y, window) - mu_x * mu_y
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+    return (luminance * contrast_structure).mean(dim=1, keepdim=True)
+
+
+def crop_to_ssim_map(mask: Tensor, win_size: int = SSIM_WIN_SIZE) -> Tensor:
+    """Crop [N, 1, H, W] to the window centres of ssim_map's valid output."""
+    radius = win_size // 2
+    if mask.shape[2] >= win_size:
+        mask = mask[:, :, radius : mask.shape[2] - radius, :]
+    if mask.shape[3] >= win_size:
+        mask = mask[:, :, :, radius : mask.shape[3] - radius]
+    return mask
+
+
+def l2_loss(render: Tensor, target: Tensor, foreground: Tensor | None) -> Tensor:
+    """Mean squared error; over foreground pixels only when a mask is given.
+
+    render, target: [N, 3, H, W]; foreground: [N, 1, H, W] float 0/1 or None.
+    Masked: sum of squared error over fg pixels / (max(1, n_fg) * 3), pooled over
+    the batch; 0 with a gradient (not NaN) when there is no foreground.
+    """
+    squared = (render - target).pow(2)
+    if foreground is None:
+        return squared.mean()
+    return (squared * foreground).sum() / (foreground.sum().clamp_min(1.0) * 3.0)
+
+
+def ssim_loss(render: Tensor, target: Tensor, foreground: Tensor | None) -> Tensor:
+    """1 - clamp(SSIM, 0, 1); SSIM averaged over foreground map pixels when masked.
+
+    render, target: [N, 3, H, W]; foreground: [N, 1, H, W] float 0/1 or None.
+    Masked with no foreground window centre: 0 (a defined value with zero gradient).
+    """
+    if foreground is None:
+        value = pytorch_msssim.ssim(
+            render,
+            target,
+            data_range=1.0,
+            win_size=SSIM_WIN_SIZE,
+            win_sigma=SSIM_WIN_SIGMA,
+            size_average=True,
+        )
+        return 1.0 - value.clamp(0.0, 1.0)
+    weights = crop_to_ssim_map(foreground)
+    count = weights.sum()
+    mean_fg = (ssim_map(render, target) * weights).sum() / count.clamp_min(1.0)
+    loss = 1.0 - mean_fg.clamp(0.0, 1.0)
+    # torch.where (not a Python branch) avoids a host sync on GPU; both branches are finite
+    return torch.where(count > 0, loss, loss * 0.0)
+
+
+def background_loss(render: Tensor, background: Tensor, color: Tensor) -> Tensor:
+    """Squared distance of background pixels to the background colour.
+
+    render: [N, 3, H, W]; background: [N, 1, H, W] float 0/1; color: [1, 3, 1, 1].
+    Sum over background pixels / (max(1, n_bg) * 3).
+    """
+    squared = (render - color).pow(2) * background
+    return squared.sum() / (background.sum().clamp_min(1.0) * 3.0)
+
+
+def compute_losses(
+    render: Tensor, target: Tensor, target_alpha: Tensor, weights: LossWeights
+) -> dict[str, Tensor]:
+    """All training losses and diagnostics as 0-dim tensors.
+
+    render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W].
+    Keys: loss (= l2_w * l2_loss + ssim_w * ssim_loss + bg_w * background_loss),
+    l2_loss, ssim_loss (0 unless ssim_loss_weight > 0, since SSIM is costly),
+    background_loss, mask_iou (detached), psnr (detached, -10 log10 l2_loss, capped at
+    100 dB; it is the foreground PSNR when masked_l2_loss is on).
+    """
+    check_image_shapes(render, target, target_alpha)
+    # float32: bf16 autocast outputs would lose the small squared errors in the sums
+    flat_render = render.float().clamp(0.0, 1.0).flatten(0, 1)
+    flat_target = target.float().flatten(0, 1)
+    flat_alpha = target_alpha.float().flatten(0, 1)
+    foreground = (flat_alpha > weights.mask_threshold).float()
+    background = 1.0 - foreground
+    color = torch.tensor(
+        weights.background_color_target, dtype=flat_render.dtype, device=flat_render.device
+    ).view(1, 3, 1, 1)
+
+    l2 = l2_loss(flat_render, flat_target, foreground if weights.masked_l2_loss else None)
+    if weights.ssim_loss_weight > 0:
+        ssim = ssim_loss(flat_render, flat_target, foreground if weights.masked_ssim_loss else None)
+    else:
+        ssim = flat_render.new_zeros(())
+    bg = background_loss(flat_render, background, color)
+    total = (
+        weights.l2_loss_weight * l2
+        + weights.ssim_loss_weight * ssim
+        + weights.background_loss_weight * bg
+    )
+    return {
+        "loss": total,
+        "l2_loss": l2,
+        "ssim_loss": ssim,
+        "background_loss": bg,
+        "mask_iou": mask_iou(
+            render, target_alpha, weights.background_color_target, weights.mask_iou_threshold
+        ),
+        "psnr": psnr_from_mse(l2.detach()),
+    }

@@ -1,0 +1,216 @@
+"""Validation metrics for GS-LRM renders of mice on a plain background.
+
+Shapes: render / target [B, V, 3, H, W] in [0, 1], target alpha [B, V, 1, H, W] in [0, 1]
+(soft alpha allowed), background colour [3] or [B, 3].
+
+Whole-image PSNR is inflated by the ~95% background pixels (a render that paints
+everything white scores ~16 dB), so `psnr_fg` and `mask_iou` are the numbers that
+say whether the mouse is actually there.
+
+Conventions a caller must know:
+- PSNR is capped at 100 dB (an MSE of 0 would otherwise give +inf and poison averages).
+- `psnr_fg` is NaN when no view in the batch has a foreground pixel: the quantity is
+  undefined there, and callers averaging over batches must skip NaN (e.g. nanmean).
+- SSIM is pytorch_msssim's (Gaussian window 11, sigma 1.5, valid padding), not the
+  skimage SSIM the reference used, so absolute values differ slightly from its logs.
+- `lpips` is present only when the `lpips` package and all its VGG weights are
+  already on disk; nothing is ever downloaded and no placeholder value is returned.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_msssim
+import torch
+from torch import Tensor
+
+# Alpha above this is ground-truth foreground for metrics; fixed (not searched) so
+# that metrics stay comparable across trials that search the training mask threshold.
+GT_ALPHA_THRESHOLD = 0.5
+# 10 * log10(1 / 1e-10) = 100 dB: the cap for a perfect (MSE == 0) reconstruction.
+_MIN_MSE = 1e-10
+SSIM_WIN_SIZE = 11
+SSIM_WIN_SIGMA = 1.5
+
+# The linear-layer weights ship inside the lpips wheel; the VGG16 backbone is the
+# torchvision ImageNet checkpoint that lpips would otherwise download into torch hub.
+_LPIPS_LINEAR_WEIGHTS = Path("weights") / "v0.1" / "vgg.pth"
+_TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
+_lpips_models: dict[str, torch.nn.Module] = {}
+
+
+def psnr_from_mse(mse: Tensor | float) -> Tensor | float:
+    """PSNR in dB for images in [0, 1], capped at 100 dB where MSE is 0.
+
+    Accepts a tensor of any shape (returns a tensor of that shape) or a float
+    (returns a float).
+    """
+    if isinstance(mse, Tensor):
+        return -10.0 * torch.log10(mse.clamp_min(_MIN_MSE))
+    return -10.0 * math.log10(max(float(mse), _MIN_MSE))
+
+
+def background_tensor(
+    background: Tensor | Sequence[float], batch: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Broadcastable background colour [B or 1, 1, 3, 1, 1] from [3] or [B, 3]."""
+    bg = torch.as_tensor(background, device=device, dtype=dtype)
+    if bg.shape == (3,):
+        return bg.view(1, 1, 3, 1, 1)
+    if bg.shape == (batch, 3):
+        return bg.view(batch, 1, 3, 1, 1)
+    raise ValueError(f"background must be [3] or [{batch}, 3], got {tuple(bg.shape)}")
+
+
+def check_image_shapes(render: Tensor, target: Tensor, target_alpha: Tensor) -> None:
+    """Raise ValueError unless render/target are [B,V,3,H,W] and alpha is [B,V,1,H,W]."""
+    if render.dim() != 5 or render.shape[2] != 3:
+        raise ValueError(f"render must be [B, V, 3, H, W], got {tuple(render.shape)}")
+    if target.shape != render.shape:
+        raise ValueError(f"target {tuple(target.shape)} != render {tuple(render.shape)}")
+    expected_alpha = (*render.shape[:2], 1, *render.shape[3:])
+    if tuple(target_alpha.shape) != expected_alpha:
+        raise ValueError(f"target_alpha must be {expected_alpha}, got {tuple(target_alpha.shape)}")
+
+
+def predicted_mask(render: Tensor, background: Tensor, threshold: float) -> Tensor:
+    """Pixels that differ from the background colour: [B, V, 1, H, W] bool.
+
+    render: [B, V, 3, H, W]; background: broadcastable to render.
+    """
+    return (render - background).abs().mean(dim=2, keepdim=True) > threshold
+
+
+def mask_iou(
+    render: Tensor,
+    target_alpha: Tensor,
+    background: Tensor | Sequence[float],
+    threshold: float,
+) -> Tensor:
+    """Mask IoU pooled over every view of the batch, as a 0-dim tensor (no gradient).
+
+    render: [B, V, 3, H, W] (clamped to [0, 1] here); target_alpha: [B, V, 1, H, W];
+    background: [3] or [B, 3]. Predicted mask = mean_c |render - background| > threshold,
+    ground truth = alpha > 0.5. Pooling (rather than a mean of per-view IoUs) keeps
+    views where the mouse is tiny from dominating. An empty union gives 0, as in the
+    reference.
+    """
+    with torch.no_grad():
+        render = render.detach().float().clamp(0.0, 1.0)
+        bg = background_tensor(background, render.shape[0], render.device, render.dtype)
+        pred = predicted_mask(render, bg, threshold)
+        gt = target_alpha.detach() > GT_ALPHA_THRESHOLD
+        inter = (pred & gt).sum().float()
+        union = (pred | gt).sum().float()
+        return inter / union.clamp_min(1.0)
+
+
+def per_view_psnr(render: Tensor, target: Tensor) -> Tensor:
+    """PSNR of each view over all pixels and channels: [B*V]."""
+    mse = (render - target).pow(2).flatten(2).mean(dim=2).flatten()
+    return psnr_from_mse(mse)
+
+
+def foreground_psnr(render: Tensor, target: Tensor, target_alpha: Tensor) -> float:
+    """Mean over views with foreground of the PSNR on alpha > 0.5 pixels; NaN if none.
+
+    render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W].
+    Per view MSE = sum of squared error over fg pixels and channels / (n_fg * 3).
+    """
+    fg = (target_alpha > GT_ALPHA_THRESHOLD).to(render.dtype)
+    sse = ((render - target).pow(2) * fg).flatten(2).sum(dim=2).flatten()
+    n_values = fg.flatten(2).sum(dim=2).flatten() * 3.0
+    has_fg = n_values > 0
+    if not bool(has_fg.any()):
+        return float("nan")
+    mse = sse[has_fg] / n_values[has_fg]
+    return float(psnr_from_mse(mse).mean())
+
+
+def mean_ssim(render: Tensor, target: Tensor) -> float:
+    """pytorch_msssim SSIM (window 11, sigma 1.5) averaged over views and channels."""
+    flat_r = render.flatten(0, 1)
+    flat_t = target.flatten(0, 1)
+    value = pytorch_msssim.ssim(
+        flat_r,
+        flat_t,
+        data_range=1.0,
+        win_size=SSIM_WIN_SIZE,
+        win_sigma=SSIM_WIN_SIGMA,
+        size_average=True,
+    )
+    return float(value)
+
+
+def lpips_available() -> bool:
+    """True only if `lpips` (VGG variant) can run without downloading anything.
+
+    Checks, without importing lpips: the package, torchvision, lpips' bundled linear
+    weights and the torchvision VGG16 checkpoint in the torch hub cache.
+    """
+    lpips_spec = importlib.util.find_spec("lpips")
+    if lpips_spec is None or not lpips_spec.submodule_search_locations:
+        return False
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    package_dir = Path(next(iter(lpips_spec.submodule_search_locations)))
+    if not (package_dir / _LPIPS_LINEAR_WEIGHTS).is_file():
+        return False
+    backbone = Path(torch.hub.get_dir()) / "checkpoints" / _TORCHVISION_VGG16_FILE
+    return backbone.is_file()
+
+
+def _lpips_model(device: torch.device) -> torch.nn.Module:
+    """The LPIPS-VGG network on `device`, built once per device (building is slow)."""
+    key = str(device)
+    if key not in _lpips_models:
+        import lpips  # only reached when lpips_available() said so
+
+        model = lpips.LPIPS(net="vgg", pretrained=True, verbose=False)
+        model.eval().requires_grad_(False)
+        _lpips_models[key] = model.to(device)
+    return _lpips_models[key]
+
+
+def mean_lpips(render: Tensor, target: Tensor) -> float:
+    """LPIPS-VGG averaged over views; images go in as [-1, 1] as lpips expects."""
+    model = _lpips_model(render.device)
+    flat_r = render.flatten(0, 1) * 2.0 - 1.0
+    flat_t = target.flatten(0, 1) * 2.0 - 1.0
+    return float(model(flat_r, flat_t).mean())
+
+
+def compute_metrics(
+    render: Tensor,
+    target: Tensor,
+    target_alpha: Tensor,
+    background: Tensor | Sequence[float],
+    mask_iou_threshold: float,
+) -> dict[str, float]:
+    """Validation metrics for one batch; call per batch and average the results.
+
+    render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W];
+    background: [3] or [B, 3]. The render is clamped to [0, 1].
+    Returns `psnr`, `psnr_fg` (NaN when no view has foreground), `ssim`, `mask_iou`,
+    and `lpips` only when lpips_available(). psnr / psnr_fg / ssim are means over
+    views; mask_iou is pooled over the batch's views.
+    """
+    check_image_shapes(render, target, target_alpha)
+    with torch.no_grad():
+        # float32 so bf16 renders do not lose precision in the squared-error sums
+        render = render.detach().float().clamp(0.0, 1.0)
+        target = target.detach().float()
+        target_alpha = target_alpha.detach().float()
+        metrics = {
+            "psnr": float(per_view_psnr(render, target).mean()),
+            "psnr_fg": foreground_psnr(render, target, target_alpha),
+            "ssim": mean_ssim(render, target),
+            "mask_iou": float(mask_iou(render, target_alpha, background, mask_iou_threshold)),
+        }
+        if lpips_available():
+            metrics["lpips"] = mean_lpips(render, target)
+    return metrics
