@@ -1,0 +1,220 @@
+"""Compare the two levels of each factor over the trials table: per-level CIs, paired and
+Welch differences, and one plain sentence about the study objective.
+
+Which trials count: those with a finite final objective value that neither errored nor
+diverged (the others are still counted in the report's status line and flags).
+
+Pairing: two trials form a pair when every config key except the factor's own keys is
+equal (the seed included). Keys that are constant among the analysed trials are skipped
+(they cannot break a pair, and a trial stopped before writing its summary only knows its
+searched keys); a missing value in a varying key only matches another missing value.
+Several trials of one level in the same group (e.g. background weights 0.1 and 0.5) are
+averaged, so each group gives one difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.factors import FACTORS, Factor, Level
+from analysis.metrics import COMPARISON_METRICS, metric_info
+from analysis.stats import Estimate, mean_ci, paired_difference, welch_difference
+from analysis.tables import config_columns, final_column
+
+MIN_PER_LEVEL = 2
+
+
+@dataclass(frozen=True)
+class MetricComparison:
+    metric: str
+    baseline: Estimate
+    treatment: Estimate
+    paired: Estimate  # n == number of pairs (0 when none)
+    welch: Estimate
+
+    def difference(self) -> Estimate | None:
+        """The interval the sentence uses: paired when >= 2 pairs, else Welch, else none."""
+        if self.paired.n >= MIN_PER_LEVEL:
+            return self.paired
+        if self.baseline.n >= MIN_PER_LEVEL and self.treatment.n >= MIN_PER_LEVEL:
+            return self.welch
+        return None
+
+
+@dataclass(frozen=True)
+class FactorComparison:
+    factor: Factor
+    metrics: tuple[MetricComparison, ...]
+    sentence: str
+    n_trials: int
+
+
+def analysis_set(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """Trials that enter means and differences (see the module docstring)."""
+    column = final_column(objective)
+    if column not in trials.columns or trials.empty:
+        return trials.iloc[0:0]
+    values = trials[column].astype(float)
+    keep = np.isfinite(values) & (trials["status"] != "errored") & ~trials["flag_diverged"]
+    return trials[keep.to_numpy(dtype=bool)]
+
+
+def level_labels(trials: pd.DataFrame, factor: Factor) -> pd.Series:
+    """Each trial's level name for the factor (None when the trial lacks the key)."""
+    if factor.key not in trials.columns:
+        return pd.Series([None] * len(trials), index=trials.index, dtype=object)
+    return trials[factor.key].astype(object).map(factor.classify)
+
+
+def is_reported(trials: pd.DataFrame, factor: Factor) -> bool:
+    """A factor is reported when both of its levels occur among the given trials."""
+    present = set(level_labels(trials, factor).dropna())
+    return all(level.name in present for level in factor.levels)
+
+
+def reported_factors(
+    trials: pd.DataFrame, objective: str, factors: Sequence[Factor] = FACTORS
+) -> list[Factor]:
+    analysed = analysis_set(trials, objective)
+    return [factor for factor in factors if is_reported(analysed, factor)]
+
+
+def varying_columns(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The given columns that hold more than one distinct non-missing value."""
+    return [c for c in columns if c in trials.columns and trials[c].nunique(dropna=True) > 1]
+
+
+def pair_key_columns(trials: pd.DataFrame, factor: Factor) -> list[str]:
+    """Config columns (and seed) that must match for two trials to be a pair."""
+    candidates = [c for c in config_columns(trials) if c not in factor.keys] + ["seed"]
+    return varying_columns(trials, candidates)
+
+
+def pairing_groups(trials: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+    """One label per trial; equal labels mean equal values in every key."""
+    if not keys or trials.empty:
+        return pd.Series("", index=trials.index, dtype=object)
+
+    # repr keeps 1 and "1" apart; a missing value only equals another missing value.
+    def label(row: pd.Series) -> str:
+        return "\x1f".join("<missing>" if pd.isna(v) else repr(v) for v in row)
+
+    return trials[list(keys)].astype(object).apply(label, axis=1)
+
+
+def paired_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> np.ndarray:
+    """Per matched group: mean(treatment) - mean(baseline) of the metric's final value."""
+    frame = pd.DataFrame(
+        {
+            "group": pairing_groups(trials, pair_key_columns(trials, factor)),
+            "level": level_labels(trials, factor),
+            "value": trials[final_column(metric)].astype(float),
+        }
+    )
+    frame = frame[frame["level"].notna() & np.isfinite(frame["value"])]
+    means = frame.groupby(["group", "level"])["value"].mean().unstack("level")
+    if factor.baseline.name not in means or factor.treatment.name not in means:
+        return np.asarray([], dtype=float)
+    differences = means[factor.treatment.name] - means[factor.baseline.name]
+    return differences.dropna().to_numpy(dtype=float)
+
+
+def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricComparison:
+    levels = level_labels(trials, factor)
+    values = trials[final_column(metric)].astype(float)
+    baseline = values[levels == factor.baseline.name].to_numpy(dtype=float)
+    treatment = values[levels == factor.treatment.name].to_numpy(dtype=float)
+    return MetricComparison(
+        metric=metric,
+        baseline=mean_ci(baseline),
+        treatment=mean_ci(treatment),
+        paired=paired_difference(paired_differences(trials, factor, metric)),
+        welch=welch_difference(baseline, treatment),
+    )
+
+
+def _fmt(metric: str, value: float) -> str:
+    return f"{value:.{metric_info(metric).decimals}f}"
+
+
+def _amount(metric: str, value: float) -> str:
+    info = metric_info(metric)
+    return " ".join(part for part in (_fmt(metric, value), info.unit, info.label) if part)
+
+
+def _support(estimate: Estimate) -> str:
+    if estimate.kind == "paired":
+        return f"{estimate.n} seeds (paired)"
+    return f"{estimate.n} vs {estimate.n_other} trials (unpaired, Welch)"
+
+
+def _not_enough(factor: Factor, comparison: MetricComparison) -> str:
+    base, treat = factor.baseline.name, factor.treatment.name
+    label = metric_info(comparison.metric).label
+    return (
+        f"Not enough data to compare {base} and {treat} on {label}: "
+        f"{comparison.baseline.n} trial(s) at {base}, {comparison.treatment.n} at {treat}, "
+        f"{comparison.paired.n} seed pair(s); at least {MIN_PER_LEVEL} per level are needed."
+    )
+
+
+def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
+    """One plain sentence: who beats whom on the metric, by how much, or that it is noise."""
+    difference = comparison.difference()
+    if difference is None:
+        return _not_enough(factor, comparison)
+    metric = comparison.metric
+    # Improvement of treatment over baseline, positive when treatment is better.
+    sign = 1.0 if mode == "max" else -1.0
+    low, high = sorted((sign * difference.ci_low, sign * difference.ci_high))
+    gain = sign * difference.mean
+    winner: Level | None = None
+    if difference.has_ci and low > 0:
+        winner, loser, by, ci = factor.treatment, factor.baseline, gain, (low, high)
+    elif difference.has_ci and high < 0:
+        winner, loser, by, ci = factor.baseline, factor.treatment, -gain, (-high, -low)
+    if winner is not None:
+        return (
+            f"{winner.phrase} beats {loser.name} by {_amount(metric, by)}, "
+            f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference)}."
+        )
+    info = metric_info(metric)
+    unit = f" {info.unit}" if info.unit else ""
+    base, treat = factor.baseline.name, factor.treatment.name
+    return (
+        f"No difference beyond noise in {info.label} between {base} and {treat} "
+        f"(difference {treat} − {base} {_fmt(metric, difference.mean)}{unit}, "
+        f"95% CI [{_fmt(metric, difference.ci_low)}, {_fmt(metric, difference.ci_high)}], "
+        f"{_support(difference)})."
+    )
+
+
+def comparison_metrics(objective: str) -> tuple[str, ...]:
+    """The table's metrics: the four standard ones, plus the objective if it is another."""
+    return (
+        COMPARISON_METRICS if objective in COMPARISON_METRICS else (objective, *COMPARISON_METRICS)
+    )
+
+
+def compare_factor(
+    trials: pd.DataFrame, factor: Factor, objective: str, mode: str
+) -> FactorComparison:
+    """Full comparison of one factor on the analysis set of ``trials``."""
+    analysed = analysis_set(trials, objective)
+    analysed = analysed[level_labels(analysed, factor).notna().to_numpy(dtype=bool)]
+    metrics = tuple(compare_metric(analysed, factor, m) for m in comparison_metrics(objective))
+    by_metric = {m.metric: m for m in metrics}
+    return FactorComparison(
+        factor=factor,
+        metrics=metrics,
+        sentence=sentence(factor, by_metric[objective], mode),
+        n_trials=len(analysed),
+    )
+
+
+def compare_all(trials: pd.DataFrame, objective: str, mode: str) -> list[FactorComparison]:
+    return [compare_factor(trials, f, objective, mode) for f in reported_factors(trials, objective)]

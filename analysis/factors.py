@@ -1,0 +1,129 @@
+"""The study's factors as data: which config key, how its values map to two levels.
+
+Every factor has exactly two levels, baseline first; differences are always
+``treatment - baseline`` (second level minus first). To add a factor, add one entry to
+``FACTORS``; nothing else in the package names a config key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str  # short, used as table label and sentence object ("random")
+    phrase: str  # used as sentence subject ("Fixed rig order (mouse)")
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str  # file-name safe; plots are factor_<name>.png
+    title: str
+    keys: tuple[str, ...]  # config keys this factor owns; pairing ignores them
+    baseline: Level
+    treatment: Level
+    classify: Callable[[Any], str | None]  # config value -> level name, None if unknown
+
+    @property
+    def levels(self) -> tuple[Level, Level]:
+        return (self.baseline, self.treatment)
+
+    @property
+    def key(self) -> str:
+        return self.keys[0]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float | type(pd.NA)) and pd.isna(value))
+
+
+def _as_bool(value: Any) -> bool | None:
+    # Values come from Parquet-typed columns but also from hand-edited params.json files.
+    if _is_missing(value):
+        return None
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        return {"true": True, "1": True, "false": False, "0": False}.get(lowered)
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _as_float(value: Any) -> float | None:
+    if _is_missing(value) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _on_off(value: Any) -> str | None:
+    flag = _as_bool(value)
+    return None if flag is None else ("on" if flag else "off")
+
+
+def _zero_or_positive(value: Any) -> str | None:
+    number = _as_float(value)
+    if number is None:
+        return None
+    return "0" if number == 0 else "> 0"
+
+
+def _dataset_type(value: Any) -> str | None:
+    flag = _as_bool(value)
+    return None if flag is None else ("mouse" if flag else "random")
+
+
+FACTORS: tuple[Factor, ...] = (
+    Factor(
+        name="dataset_type",
+        title="Dataset type",
+        keys=("mouse.use_mouse_dataset",),
+        baseline=Level("random", "Random view order (random)"),
+        treatment=Level("mouse", "Fixed rig order (mouse)"),
+        classify=_dataset_type,
+    ),
+    Factor(
+        name="masked_l2",
+        title="Masked L2 loss",
+        keys=("training.losses.masked_l2_loss",),
+        baseline=Level("off", "Masked L2 off"),
+        treatment=Level("on", "Masked L2 on"),
+        classify=_on_off,
+    ),
+    Factor(
+        name="masked_ssim",
+        title="Masked SSIM loss",
+        keys=("training.losses.masked_ssim_loss",),
+        baseline=Level("off", "Masked SSIM off"),
+        treatment=Level("on", "Masked SSIM on"),
+        classify=_on_off,
+    ),
+    Factor(
+        name="background_loss",
+        title="Background loss weight",
+        keys=("training.losses.background_loss_weight",),
+        baseline=Level("0", "Background loss weight 0"),
+        treatment=Level("> 0", "Background loss weight > 0"),
+        classify=_zero_or_positive,
+    ),
+    Factor(
+        name="ssim_loss",
+        title="SSIM loss weight",
+        keys=("training.losses.ssim_loss_weight",),
+        baseline=Level("0", "SSIM loss weight 0"),
+        treatment=Level("> 0", "SSIM loss weight > 0"),
+        classify=_zero_or_positive,
+    ),
+)
+
+DATASET_TYPE = FACTORS[0]

@@ -1,0 +1,210 @@
+"""Read one study folder into plain records: study.json plus each Tune trial's files.
+
+No pandas here: this layer only parses files and tolerates what a crashed or stopped trial
+leaves behind (missing files, an empty or truncated result.json, NaN metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from analysis.metrics import is_curve_key
+
+ERROR_MESSAGE_MAX_CHARS = 500
+# Statuses a trial summary may state; anything else (e.g. "running" from a summary written
+# early) is ignored and the status is inferred from the other files.
+FINAL_STATUSES = ("finished", "diverged", "errored")
+
+# Ray names trial folders "<trainable>_<trial id>_<index>_<params>_<date>"; the id is
+# 5 hex characters, "_", 5 digits.
+_RAY_TRIAL_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{5}_\d{5})(?!\d)")
+
+
+class NotAStudyError(ValueError):
+    """The folder is not a study folder (no readable study.json)."""
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    path: Path
+    name: str
+    objective: str
+    mode: str  # "max" or "min"
+    max_steps: int | None
+    searched_keys: tuple[str, ...]
+    optuna_storage: Path | None
+    optuna_study_name: str | None
+    created: str | None
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """What one trial folder holds, parsed but not interpreted."""
+
+    folder: str
+    params: dict[str, Any]
+    reports: list[dict[str, Any]]  # result.json lines, flattened with "/", in file order
+    summary: dict[str, Any] | None
+    error_text: str | None
+
+
+def flatten(data: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one level, keys joined with ``sep``; other values untouched."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, sep, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def parse_result_lines(text: str) -> list[dict[str, Any]]:
+    """Tune's result.json (JSON lines) -> flat dicts, skipping blank or truncated lines.
+
+    Tune repeats the trial config under "config" in every line; that is not a metric and
+    the config is read from params.json / the summary instead, so it is dropped here.
+    """
+    reports = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            # A trial killed mid-write leaves half a line; the rest is still good.
+            continue
+        if isinstance(row, dict):
+            row = {k: v for k, v in row.items() if k != "config"}
+            reports.append(flatten(row, "/"))
+    return reports
+
+
+def last_nonempty_line(text: str, max_chars: int = ERROR_MESSAGE_MAX_CHARS) -> str | None:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:max_chars] if lines else None
+
+
+def read_study_info(study_dir: Path) -> StudyInfo:
+    """Parse study.json; raises NotAStudyError naming the folder when it is not a study."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise NotAStudyError(f"{study_dir} is not a study folder: it does not exist")
+    data = read_json_object(study_dir / "study.json")
+    if data is None:
+        raise NotAStudyError(
+            f"{study_dir} is not a study folder: no readable study.json (a JSON object) in it"
+        )
+    if not data.get("objective"):
+        raise NotAStudyError(f"{study_dir} is not a study folder: study.json has no objective")
+    mode = str(data.get("mode") or "max").lower()
+    if mode not in ("max", "min"):
+        raise NotAStudyError(f"{study_dir}: study.json mode must be 'max' or 'min', not {mode!r}")
+    storage = data.get("optuna_storage")
+    max_steps = data.get("max_steps")
+    return StudyInfo(
+        path=study_dir,
+        name=str(data.get("study") or study_dir.name),
+        objective=str(data["objective"]),
+        mode=mode,
+        max_steps=int(max_steps) if isinstance(max_steps, int | float) else None,
+        searched_keys=tuple(str(k) for k in data.get("searched_keys") or ()),
+        optuna_storage=(study_dir / storage) if storage else None,
+        optuna_study_name=data.get("optuna_study_name") or None,
+        created=data.get("created"),
+    )
+
+
+def read_trial(folder: Path) -> TrialFiles:
+    params = read_json_object(folder / "params.json") or {}
+    try:
+        reports = parse_result_lines((folder / "result.json").read_text(encoding="utf-8"))
+    except OSError:
+        reports = []
+    try:
+        error_text: str | None = (folder / "error.txt").read_text(
+            encoding="utf-8", errors="replace"
+        )
+    except OSError:
+        error_text = None
+    return TrialFiles(
+        folder=folder.name,
+        params=flatten(params, "."),
+        reports=reports,
+        summary=read_json_object(folder / "trial_summary.json"),
+        error_text=error_text,
+    )
+
+
+def find_trial_folders(study_dir: Path) -> list[Path]:
+    """Trial folders are the ones under tune/ holding a params.json (Ray names them)."""
+    return sorted(p.parent for p in Path(study_dir).glob("tune/*/params.json"))
+
+
+def read_trials(study_dir: Path) -> list[TrialFiles]:
+    return [read_trial(folder) for folder in find_trial_folders(study_dir)]
+
+
+def trial_id(trial: TrialFiles) -> str:
+    """The Tune trial id: from the summary, a result line, the folder name, else the folder."""
+    if trial.summary and trial.summary.get("trial_id"):
+        return str(trial.summary["trial_id"])
+    for report in trial.reports:
+        if report.get("trial_id"):
+            return str(report["trial_id"])
+    match = _RAY_TRIAL_ID.search(trial.folder)
+    return match.group(1) if match else trial.folder
+
+
+def trial_config(trial: TrialFiles) -> dict[str, Any]:
+    """Every config key we know for the trial: the summary's full config over params.json."""
+    config = dict(trial.params)
+    if trial.summary and isinstance(trial.summary.get("config"), dict):
+        config.update(flatten(trial.summary["config"], "."))
+    return config
+
+
+def trial_status(trial: TrialFiles, last_step: int | None, max_steps: int | None) -> str:
+    """Status rules: summary, else error.txt, else compare the last step with max_steps."""
+    if trial.summary and trial.summary.get("status") in FINAL_STATUSES:
+        return str(trial.summary["status"])
+    if trial.error_text is not None:
+        return "errored"
+    if max_steps is not None and (last_step is None or last_step < max_steps):
+        return "stopped_early"
+    return "finished"
+
+
+def trial_error(trial: TrialFiles) -> str | None:
+    summary_error = (trial.summary or {}).get("error")
+    if summary_error:
+        return str(summary_error)[:ERROR_MESSAGE_MAX_CHARS]
+    return last_nonempty_line(trial.error_text) if trial.error_text else None
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """Logged numeric values in one result line (NaN and inf kept: they mean something)."""
+    metrics = {}
+    for key, value in report.items():
+        if not is_curve_key(key):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics[key] = float(value)
+        elif value is None:
+            metrics[key] = math.nan
+    return metrics

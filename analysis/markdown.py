@@ -1,0 +1,274 @@
+"""Render report.md from the trials table, factor comparisons and importance: text only, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from analysis.compare import FactorComparison, analysis_set, varying_columns
+from analysis.importance import Importance
+from analysis.load import StudyInfo
+from analysis.metrics import metric_info
+from analysis.stats import Estimate
+from analysis.tables import best_column, config_columns, final_column
+
+TOP_TRIALS = 5
+STATUS_ORDER = ("finished", "stopped_early", "diverged", "errored")
+EMPTY_CELL = "—"
+
+
+def cell(value: Any, decimals: int = 4) -> str:
+    """One table cell: missing -> a dash, floats rounded, pipes and newlines made harmless."""
+    if value is None or (not isinstance(value, str | list | dict) and pd.isna(value)):
+        return EMPTY_CELL
+    if isinstance(value, float):
+        return f"{value:.{decimals}f}" if math.isfinite(value) else str(value)
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(metric: str, value: float) -> str:
+    return cell(float(value), metric_info(metric).decimals)
+
+
+def _interval(metric: str, estimate: Estimate) -> str:
+    if not estimate.has_ci:
+        return EMPTY_CELL
+    return f"[{_number(metric, estimate.ci_low)}, {_number(metric, estimate.ci_high)}]"
+
+
+def status_counts(trials: pd.DataFrame) -> dict[str, int]:
+    counts = trials["status"].value_counts().to_dict() if len(trials) else {}
+    ordered = {s: int(counts.pop(s)) for s in STATUS_ORDER if s in counts}
+    ordered.update({str(s): int(n) for s, n in sorted(counts.items())})
+    return ordered
+
+
+def header_section(study: StudyInfo, trials: pd.DataFrame, n_analysed: int) -> str:
+    counts = status_counts(trials)
+    by_status = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none yet"
+    direction = "higher is better" if study.mode == "max" else "lower is better"
+    return "\n".join(
+        [
+            f"# Study report: {study.name}",
+            "",
+            f"**{len(trials)} trials**: {by_status}.",
+            "",
+            f"Objective: `{study.objective}` ({direction}), final value per trial. "
+            f"Max steps: {study.max_steps if study.max_steps is not None else 'unknown'}. "
+            f"Means and differences use {n_analysed} trial{'' if n_analysed == 1 else 's'} "
+            "with a final objective value that neither errored nor diverged (stopped-early "
+            "trials are included at their last reported value).",
+        ]
+    )
+
+
+def shown_keys(study: StudyInfo, trials: pd.DataFrame) -> list[str]:
+    """Searched keys from study.json; when it lists none, the config keys that vary."""
+    keys = [k for k in study.searched_keys if k in trials.columns]
+    if keys:
+        return keys
+    return varying_columns(trials, config_columns(trials))
+
+
+def best_trials_section(study: StudyInfo, trials: pd.DataFrame) -> str:
+    analysed = analysis_set(trials, study.objective)
+    objective = final_column(study.objective)
+    if analysed.empty:
+        return "## Best trials\n\nNo trial has a final objective value yet."
+    best = analysed.sort_values(objective, ascending=study.mode == "min").head(TOP_TRIALS)
+    keys = shown_keys(study, trials)
+    extra = [m for m in ("val/psnr_fg", "val/mask_iou") if m != study.objective]
+    headers = ["rank", "trial", "status", f"final {study.objective}", f"best {study.objective}"]
+    headers += [f"final {m}" for m in extra] + ["steps", *[f"`{k}`" for k in keys]]
+    rows = []
+    for rank, (_, row) in enumerate(best.iterrows(), start=1):
+        rows.append(
+            [
+                str(rank),
+                f"`{row['trial_id']}`",
+                row["status"],
+                _number(study.objective, row[objective]),
+                _number(study.objective, row[best_column(study.objective)]),
+                *[_number(m, row[final_column(m)]) for m in extra],
+                cell(row["steps_run"]),
+                *[cell(row[k]) for k in keys],
+            ]
+        )
+    return f"## Best trials (top {TOP_TRIALS} by final `{study.objective}`)\n\n" + table(
+        headers, rows
+    )
+
+
+def _level_rows(comparison: FactorComparison) -> list[list[str]]:
+    rows = []
+    for metric in comparison.metrics:
+        for level, estimate in zip(
+            comparison.factor.levels, (metric.baseline, metric.treatment), strict=True
+        ):
+            rows.append(
+                [
+                    f"`{metric.metric}`",
+                    level.name,
+                    str(estimate.n),
+                    _number(metric.metric, estimate.mean),
+                    _number(metric.metric, estimate.std),
+                    _interval(metric.metric, estimate),
+                ]
+            )
+    return rows
+
+
+def _difference_rows(comparison: FactorComparison) -> list[list[str]]:
+    rows = []
+    for metric in comparison.metrics:
+        paired, welch = metric.paired, metric.welch
+        rows.append(
+            [
+                f"`{metric.metric}`",
+                _number(metric.metric, paired.mean) if paired.n else EMPTY_CELL,
+                _interval(metric.metric, paired),
+                str(paired.n),
+                _number(metric.metric, welch.mean),
+                _interval(metric.metric, welch),
+            ]
+        )
+    return rows
+
+
+def factor_section(comparison: FactorComparison, plot_name: str) -> str:
+    factor = comparison.factor
+    base, treat = factor.baseline.name, factor.treatment.name
+    keys = ", ".join(f"`{k}`" for k in factor.keys)
+    level_table = table(
+        ["metric", "level", "n", "mean", "std", "95% CI of mean"], _level_rows(comparison)
+    )
+    diff_headers = [
+        "metric",
+        f"paired {treat} − {base}",
+        "95% CI (paired t)",
+        "n pairs",
+        f"unpaired {treat} − {base}",
+        "95% CI (Welch)",
+    ]
+    return "\n\n".join(
+        [
+            f"### {factor.title}: {base} vs {treat} ({keys})",
+            f"**{comparison.sentence}**",
+            f"Final values of the {comparison.n_trials} analysed trials, per level:",
+            level_table,
+            "Differences of final values (pairs: same seed and otherwise identical config):",
+            table(diff_headers, _difference_rows(comparison)),
+            f"![{factor.title}: final objective per level]({plot_name})",
+        ]
+    )
+
+
+def factors_section(comparisons: Sequence[FactorComparison], plot_names: Mapping[str, str]) -> str:
+    parts = ["## Factor comparisons"]
+    if not comparisons:
+        parts.append("No factor has both of its levels among trials with a final objective value.")
+    parts += [factor_section(c, plot_names[c.factor.name]) for c in comparisons]
+    return "\n\n".join(parts)
+
+
+def _flag_rows(trials: pd.DataFrame, max_steps: int | None) -> list[list[str]]:
+    rows = []
+    for _, row in trials.iterrows():
+        flags, details = [], []
+        if row["flag_background_collapse"]:
+            flags.append("background collapse")
+            details.append(
+                f"final mask IoU {cell(row[final_column('val/mask_iou')], 3)} while train loss "
+                f"fell to {cell(row[final_column('train/loss')], 4)}"
+            )
+        if row["flag_diverged"]:
+            flags.append("diverged")
+            details.append(f"final train loss {cell(row[final_column('train/loss')])}")
+        if row["flag_stopped_early"]:
+            flags.append("stopped early")
+            details.append(f"last step {cell(row['last_step'])} of {max_steps}")
+        if row["status"] == "errored":
+            flags.append("errored")
+            details.append(cell(row["error"]))
+        if flags:
+            rows.append(
+                [f"`{row['trial_id']}`", row["status"], ", ".join(flags), "; ".join(details)]
+            )
+    return rows
+
+
+def flags_section(trials: pd.DataFrame, max_steps: int | None) -> str:
+    rows = _flag_rows(trials, max_steps)
+    if not rows:
+        return "## Flags\n\nNo trial flagged."
+    counts = {
+        "background collapse": int(trials["flag_background_collapse"].sum()),
+        "diverged": int(trials["flag_diverged"].sum()),
+        "stopped early": int(trials["flag_stopped_early"].sum()),
+        "errored": int((trials["status"] == "errored").sum()),
+    }
+    summary = ", ".join(f"{n} {name}" for name, n in counts.items())
+    return "\n\n".join(
+        ["## Flags", summary + ".", table(["trial", "status", "flags", "detail"], rows)]
+    )
+
+
+def importance_section(importance: Importance) -> str:
+    if not importance.values:
+        return f"## Parameter importance (Optuna)\n\n{importance.note}"
+    rows = [[f"`{name}`", f"{value:.3f}"] for name, value in importance.values.items()]
+    return "\n\n".join(
+        [
+            "## Parameter importance (Optuna)",
+            importance.note,
+            table(["parameter", "importance"], rows),
+        ]
+    )
+
+
+def plots_section(plots: Mapping[str, str]) -> str:
+    lines = ["## Plots", ""]
+    lines += [f"- [{title}]({name})" for title, name in plots.items()]
+    return "\n".join(lines)
+
+
+def files_section() -> str:
+    return (
+        "## Files\n\n"
+        "- [trials.parquet](trials.parquet): one row per trial; columns `final/<metric>`, "
+        "`best/<metric>`, `best_step/<metric>`, dotted config keys, status and flags.\n"
+        "- [curves.parquet](curves.parquet): one row per trial and reported step.\n"
+        "- Column scheme: docstring of `analysis/tables.py`."
+    )
+
+
+def render_report(
+    study: StudyInfo,
+    trials: pd.DataFrame,
+    comparisons: Sequence[FactorComparison],
+    importance: Importance,
+    plots: Mapping[str, str],
+    factor_plots: Mapping[str, str],
+) -> str:
+    """The whole report.md text. ``plots``: title -> file name of every plot."""
+    n_analysed = len(analysis_set(trials, study.objective))
+    sections = [
+        header_section(study, trials, n_analysed),
+        best_trials_section(study, trials),
+        factors_section(comparisons, factor_plots),
+        flags_section(trials, study.max_steps),
+        importance_section(importance),
+        plots_section(plots),
+        files_section(),
+    ]
+    return "\n\n".join(sections) + "\n"

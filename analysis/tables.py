@@ -1,0 +1,286 @@
+"""Build the two typed tables of a study: trials (one row per trial) and curves (one per report).
+
+Column naming scheme (the contract for anyone reading the Parquet files):
+
+trials.parquet, one row per trial folder under tune/:
+  study, trial_id, trial_dir (Ray's folder name), status ("finished", "stopped_early",
+  "diverged", "errored"), error (message or null),
+  flag_background_collapse, flag_diverged, flag_stopped_early (bool, never null),
+  steps_run, last_step, n_reports, wall_s, gpu_s, restarts, seed, code_version,
+  final/<metric>      value at the trial's last report holding the metric (NaN kept),
+  best/<metric>       best finite value (max for scores, min for losses and LPIPS),
+  best_step/<metric>  trainer step of that best value (earliest on ties),
+  <dotted.config.key> every trainer config key, e.g. ``mouse.use_mouse_dataset``, from the
+                      trial summary's full config, falling back to params.json (so a trial
+                      stopped before writing its summary has only its searched/set keys).
+  <metric> is the logged key, e.g. ``final/val/psnr_fg``, ``best_step/train/loss``.
+  Config columns are exactly the columns whose name contains "." (metric columns use "/");
+  a config key that would clash with a fixed column is stored as ``config.<key>``.
+
+curves.parquet, one row per (trial, trainer step): study, trial_id, step,
+  training_iteration, time_total_s, then one column per metric under its logged name
+  (``val/psnr_fg``), plus the trainer's diagnostics (``metrics/lr``, ``metrics/grad_norm``,
+  ...), which get no final/best columns in trials.parquet. A step reported twice (a
+  restarted trial) keeps its last report; a report without "step" uses training_iteration
+  as its step.
+
+Types: text -> pandas ``str`` (arrow string); floats -> float64 (NaN for missing);
+integers -> int64, or nullable Int64 where a value can be missing; booleans -> bool, or
+nullable boolean where missing. Config values that are lists/dicts, or whose type differs
+between trials, are stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import (
+    StudyInfo,
+    TrialFiles,
+    report_metrics,
+    trial_config,
+    trial_error,
+    trial_id,
+    trial_status,
+)
+from analysis.metrics import ALWAYS_PRESENT_METRICS, higher_is_better, is_metric_key
+
+# Below this final val/mask_iou, with the training loss still falling, the model has learned
+# to paint the background and drop the mouse.
+COLLAPSE_MASK_IOU = 0.05
+
+FIXED_COLUMNS: dict[str, str] = {
+    "study": "str",
+    "trial_id": "str",
+    "trial_dir": "str",
+    "status": "str",
+    "error": "str",
+    "flag_background_collapse": "bool",
+    "flag_diverged": "bool",
+    "flag_stopped_early": "bool",
+    "steps_run": "Int64",
+    "last_step": "Int64",
+    "n_reports": "int64",
+    "wall_s": "float64",
+    "gpu_s": "float64",
+    "restarts": "Int64",
+    "seed": "Int64",
+    "code_version": "str",
+}
+
+CURVE_FIXED_COLUMNS: dict[str, str] = {
+    "study": "str",
+    "trial_id": "str",
+    "step": "int64",
+    "training_iteration": "Int64",
+    "time_total_s": "float64",
+}
+
+METRIC_PREFIXES = ("final", "best", "best_step")
+
+
+def final_column(metric: str) -> str:
+    return f"final/{metric}"
+
+
+def best_column(metric: str) -> str:
+    return f"best/{metric}"
+
+
+def best_step_column(metric: str) -> str:
+    return f"best_step/{metric}"
+
+
+def config_columns(trials: pd.DataFrame) -> list[str]:
+    """The config columns of a trials table (see the naming scheme above)."""
+    return [c for c in trials.columns if "." in c and "/" not in c]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _integer(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and math.isfinite(number) else None
+
+
+def trial_curve(trial: TrialFiles) -> list[dict[str, Any]]:
+    """The trial's reports as rows sorted by step, one per step (the last report wins)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for index, report in enumerate(trial.reports):
+        iteration = _integer(report.get("training_iteration"))
+        step = _integer(report.get("step"))
+        if step is None:
+            step = iteration if iteration is not None else index + 1
+        by_step[step] = {
+            "step": step,
+            "training_iteration": iteration,
+            "time_total_s": _number(report.get("time_total_s")),
+            **report_metrics(report),
+        }
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def final_value(curve: Sequence[dict[str, Any]], metric: str) -> float:
+    for row in reversed(curve):
+        if metric in row:
+            return row[metric]
+    return math.nan
+
+
+def first_value(curve: Sequence[dict[str, Any]], metric: str) -> float:
+    for row in curve:
+        if metric in row:
+            return row[metric]
+    return math.nan
+
+
+def best_value(curve: Sequence[dict[str, Any]], metric: str) -> tuple[float, int | None]:
+    """Best finite value and its step; (NaN, None) when the metric never had one."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    best, best_step = math.nan, None
+    for row in curve:
+        value = row.get(metric, math.nan)
+        if math.isfinite(value) and (best_step is None or sign * value > sign * best):
+            best, best_step = value, row["step"]
+    return best, best_step
+
+
+def background_collapsed(curve: Sequence[dict[str, Any]]) -> bool:
+    """Loss fell while the final mask IoU is ~0: the model paints everything background."""
+    loss_fell = final_value(curve, "train/loss") < first_value(curve, "train/loss")
+    return bool(loss_fell and final_value(curve, "val/mask_iou") < COLLAPSE_MASK_IOU)
+
+
+def diverged(status: str, curve: Sequence[dict[str, Any]]) -> bool:
+    has_loss = any("train/loss" in row for row in curve)
+    return status == "diverged" or (
+        has_loss and not math.isfinite(final_value(curve, "train/loss"))
+    )
+
+
+def curve_keys(trials: Iterable[TrialFiles]) -> set[str]:
+    """Every logged key (metrics and diagnostics) any trial reported."""
+    return {key for trial in trials for row in trial_curve(trial) for key in row if "/" in key}
+
+
+def study_metrics(study: StudyInfo, trials: Iterable[TrialFiles]) -> list[str]:
+    """Every metric any trial reported plus the ones the report always needs, sorted."""
+    reported = {key for key in curve_keys(trials) if is_metric_key(key)}
+    return sorted(reported | set(ALWAYS_PRESENT_METRICS) | {study.objective})
+
+
+def trial_row(study: StudyInfo, trial: TrialFiles, metrics: Sequence[str]) -> dict[str, Any]:
+    """One trials-table row as plain Python values (typing happens per column later)."""
+    curve = trial_curve(trial)
+    summary = trial.summary or {}
+    config = trial_config(trial)
+    last_step = curve[-1]["step"] if curve else None
+    status = trial_status(trial, last_step, study.max_steps)
+    row: dict[str, Any] = {
+        "study": study.name,
+        "trial_id": trial_id(trial),
+        "trial_dir": trial.folder,
+        "status": status,
+        "error": trial_error(trial),
+        "flag_background_collapse": background_collapsed(curve),
+        "flag_diverged": diverged(status, curve),
+        "flag_stopped_early": status == "stopped_early",
+        "steps_run": _integer(summary.get("steps_run", last_step)),
+        "last_step": last_step,
+        "n_reports": len(curve),
+        "wall_s": _number(summary.get("wall_s", curve[-1]["time_total_s"] if curve else None)),
+        "gpu_s": _number(summary.get("gpu_s")),
+        "restarts": _integer(summary.get("restarts")),
+        "seed": _integer(summary.get("seed", config.get("training.runtime.seed"))),
+        "code_version": summary.get("code_version"),
+    }
+    for metric in metrics:
+        best, step = best_value(curve, metric)
+        row[final_column(metric)] = final_value(curve, metric)
+        row[best_column(metric)] = best
+        row[best_step_column(metric)] = step
+    for key, value in config.items():
+        row[f"config.{key}" if key in row else key] = value
+    return row
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def infer_series(name: str, values: Sequence[Any]) -> pd.Series:
+    """Typed column from Python values of unknown type (config values)."""
+    present = [v for v in values if v is not None]
+    has_missing = len(present) < len(values)
+    if present and all(isinstance(v, bool | np.bool_) for v in present):
+        return pd.Series(values, name=name, dtype="boolean" if has_missing else "bool")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(values, name=name, dtype="Int64" if has_missing else "int64")
+    if present and all(_number(v) is not None for v in present):
+        return pd.Series([math.nan if v is None else float(v) for v in values], name=name)
+    if all(isinstance(v, str) for v in present):
+        return pd.Series(values, name=name, dtype="str")
+    # Lists, dicts and mixed types: JSON keeps them readable and typed as one string column.
+    return pd.Series([None if v is None else _to_json(v) for v in values], name=name, dtype="str")
+
+
+def typed_series(name: str, values: Sequence[Any], dtype: str) -> pd.Series:
+    if dtype == "float64":
+        return pd.Series([math.nan if v is None else float(v) for v in values], name=name)
+    if dtype == "str":
+        return pd.Series(
+            [None if _is_missing(v) else str(v) for v in values], name=name, dtype="str"
+        )
+    return pd.Series(values, name=name, dtype=dtype)
+
+
+def _metric_dtype(column: str) -> str:
+    return "Int64" if column.startswith("best_step/") else "float64"
+
+
+def build_trials(study: StudyInfo, trials: Sequence[TrialFiles]) -> pd.DataFrame:
+    """The trials table; columns follow the naming scheme in this module's docstring."""
+    metrics = study_metrics(study, trials)
+    rows = [trial_row(study, trial, metrics) for trial in trials]
+    metric_columns = [f"{p}/{m}" for p in METRIC_PREFIXES for m in metrics]
+    known = set(FIXED_COLUMNS) | set(metric_columns)
+    extra = sorted({key for row in rows for key in row} - known)
+    columns = [typed_series(c, [r[c] for r in rows], t) for c, t in FIXED_COLUMNS.items()]
+    columns += [typed_series(c, [r[c] for r in rows], _metric_dtype(c)) for c in metric_columns]
+    columns += [infer_series(c, [r.get(c) for r in rows]) for c in extra]
+    table = pd.concat(columns, axis=1) if rows else _empty(FIXED_COLUMNS, metric_columns)
+    return table.sort_values(["trial_id", "trial_dir"], ignore_index=True)
+
+
+def build_curves(study: StudyInfo, trials: Sequence[TrialFiles]) -> pd.DataFrame:
+    """The curves table: one row per trial and trainer step."""
+    metrics = sorted(set(study_metrics(study, trials)) | curve_keys(trials))
+    rows = []
+    for trial in trials:
+        ident = trial_id(trial)
+        for point in trial_curve(trial):
+            rows.append({"study": study.name, "trial_id": ident, **point})
+    columns = [typed_series(c, [r[c] for r in rows], t) for c, t in CURVE_FIXED_COLUMNS.items()]
+    columns += [typed_series(m, [r.get(m) for r in rows], "float64") for m in metrics]
+    table = pd.concat(columns, axis=1) if rows else _empty(CURVE_FIXED_COLUMNS, metrics)
+    return table.sort_values(["trial_id", "step"], ignore_index=True)
+
+
+def _empty(fixed: dict[str, str], float_columns: Sequence[str]) -> pd.DataFrame:
+    columns = {c: pd.Series([], dtype=t) for c, t in fixed.items()}
+    columns.update({c: pd.Series([], dtype=_metric_dtype(c)) for c in float_columns})
+    return pd.DataFrame(columns)
