@@ -25,7 +25,11 @@ def cell(value: Any, decimals: int = 4) -> str:
     if value is None or (not isinstance(value, str | list | dict) and pd.isna(value)):
         return EMPTY_CELL
     if isinstance(value, float):
-        return f"{value:.{decimals}f}" if math.isfinite(value) else str(value)
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and abs(value) < 10 ** -decimals:  # e.g. learning rates: keep 3 significant digits
+        return f"{value:.{decimals}f}"
+        return f"{value:.{decimals}f}
     text = str(value).replace("|", "\\|").replace("\n", " ")
     return text
 

@@ -74,14 +74,21 @@ def check_space(space: list[Param], config_keys: set[str]) -> None:
             raise SearchSpaceError(f"{param.key}: search space names a key the trainer config lacks")
 
 
-def define_by_run(space: list[Param], constants: dict[str, Any]) -> Callable[[Any], dict[str, Any]]:
-    """Optuna define-by-run function: samples the space in order, returns the constants."""
+@dataclass(frozen=True)
+class DefineByRun:
+    """Optuna define-by-run function (a picklable object, as Tune saves its searcher):
+    samples the space in order, skipping parameters whose condition is false."""
 
-    def sample(trial: Any) -> dict[str, Any]:
+    space: tuple[Param, ...]
+    constants: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for param in space:
+        for param in self.space:
             if param.when is None or param.when(values):
                 values[param.key] = param.suggest(trial)
-        return dict(constants)
+        return dict(self.constants)
 
-    return sample
+
+def define_by_run(space: list[Param], constants: dict[str, Any]) -> DefineByRun:
+    return DefineByRun(tuple(space), tuple(constants.items()))

@@ -226,7 +226,10 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         summary.update(status="errored", error=_root_cause(error))
     else:
         summary["status"] = "finished"
-    write_json_atomic(trial_dir / SUMMARY_FILE, summary)
+    # get_trial_dir() is Tune's local staging folder, synced to storage only on reports, so the
+    # summary goes straight to the trial's folder in the study's storage as well.
+    for folder in {trial_dir, study_dir / "tune" / trial_dir.name}:
+        write_json_atomic(folder / SUMMARY_FILE, summary)
     if error is not None:
         # Tune records the trial as errored (Optuna: failed); the study goes on.
         raise RuntimeError(summary["error"])
