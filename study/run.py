@@ -219,9 +219,10 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
 
     config = plan_["config"]
     rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
+    grace = spec.smoke.grace_period_rounds if args.smoke else spec.grace_period_rounds
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rounds,
-                                  grace_period=min(spec.grace_period_rounds, rounds), reduction_factor=2)
+                                  grace_period=min(grace, rounds), reduction_factor=2)
     else:
         scheduler = FIFOScheduler()
     search_alg, param_space = None, {}
@@ -236,7 +237,7 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
             storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
             study_name=spec.name)
     else:
-        param_space = grid_param_space(spec, spec.smoke.grid_seeds if args.smoke else None)
+        param_space = grid_param_space(spec, args.seeds or (spec.smoke.grid_seeds if args.smoke else None))
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -358,6 +359,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: one per worker if the cluster has GPUs)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker")
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--seeds", type=lambda text: tuple(int(x) for x in text.split(",")),
+                   help="grid studies: comma-separated seeds to run instead of the study's (e.g. 0,1)")
     p.add_argument("--max-failures", type=int, default=2, help="worker crashes a trial survives (resumes from its checkpoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trainer config key for every trial, e.g. training.schedule.max_steps=2000")

@@ -24,6 +24,7 @@ class SmokePreset:
     num_samples: int = 4
     overrides: dict[str, Any] = field(default_factory=dict)
     grid_seeds: tuple[int, ...] | None = None  # grid studies: fewer seeds
+    grace_period_rounds: int = 1
     data: DataSpec = field(default_factory=lambda: DataSpec(samples=24, size=64))
 
 

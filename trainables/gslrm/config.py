@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,17 @@ import yaml
 
 class ConfigError(ValueError):
     """A bad config key or value. The message names the dotted key."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """Safe loader that also reads 1e-4 (no dot) as a float, as YAML 1.2 does."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 @dataclass
@@ -221,7 +233,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:
+            finite = False
+        if not finite:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
@@ -236,7 +252,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
         raise ConfigError(f"{key}: unknown key (valid keys here: {', '.join(sorted(names))})")
@@ -286,7 +302,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
     return key, value
@@ -317,7 +333,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None =
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_YamlLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
     config = config_from_dict(data)
@@ -391,6 +407,7 @@ def validate(config: TrainerConfig) -> None:
     _check(0 <= sched.warmup, "training.schedule.warmup", "must be >= 0")
     rt = config.training.runtime
     _check(rt.amp_dtype in ("bf16", "fp16"), "training.runtime.amp_dtype", "must be bf16 or fp16")
+    _check(rt.seed >= 0, "training.runtime.seed", "must be >= 0")
     _check(rt.grad_clip_norm > 0, "training.runtime.grad_clip_norm", "must be > 0")
     _check(rt.grad_checkpoint_every >= 0, "training.runtime.grad_checkpoint_every", "must be >= 0")
     _check(config.training.checkpointing.checkpoint_every >= 1,

@@ -107,14 +107,12 @@ class MultiViewDataset(Dataset):
         if self.normalize_cameras:
             c2w_all = normalize_rig(c2w_all, self.target_distance)
 
+        views = {int(i): composite(load_view(sample.frames[i], self.image_size, self.cache_dir),
+                                   self.background, self.remove_alpha) for i in view_ids}
         item: dict[str, torch.Tensor] = {}
         for prefix, ids in (("input", input_ids), ("target", target_ids)):
-            rgbs, alphas = [], []
-            for i in ids:
-                rgba = load_view(sample.frames[i], self.image_size, self.cache_dir)
-                rgb, alpha = composite(rgba, self.background, self.remove_alpha)
-                rgbs.append(rgb)
-                alphas.append(alpha)
+            rgbs = [views[int(i)][0] for i in ids]
+            alphas = [views[int(i)][1] for i in ids]
             item[f"{prefix}_images"] = torch.from_numpy(np.stack(rgbs))
             if prefix == "target":
                 item["target_alpha"] = torch.from_numpy(np.stack(alphas))

@@ -149,6 +149,8 @@ def _decode_resized(frame: Frame, size: int) -> np.ndarray:
                                 f"file says {frame.width}x{frame.height}")
             if image.mode == "RGBA":
                 rgba = image
+            elif "A" in image.getbands() or "transparency" in image.info:
+                rgba = image.convert("RGBA")
             else:
                 rgb = np.asarray(image.convert("RGB"))
                 alpha = ~(rgb > RGB_ONLY_BACKGROUND_LEVEL).all(-1)
@@ -205,11 +207,18 @@ def composite(rgba: np.ndarray, background: np.ndarray, remove_alpha: bool) -> t
     With remove_alpha the RGB is composited over `background` using alpha; otherwise the
     stored RGB is returned as it is.
     """
-    pixels = rgba.astype(np.float32) / 255.0
-    rgb, alpha = pixels[..., :3], pixels[..., 3:]
+    # Transpose the uint8 view first and scale in place: float transposes dominate otherwise.
+    chw = rgba.transpose(2, 0, 1)
+    rgb = chw[:3].astype(np.float32, order="C")
+    rgb *= np.float32(1 / 255)
+    alpha = chw[3:].astype(np.float32, order="C")
+    alpha *= np.float32(1 / 255)
     if remove_alpha:
-        rgb = rgb * alpha + background.astype(np.float32) * (1.0 - alpha)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), np.ascontiguousarray(alpha.transpose(2, 0, 1))
+        bg = background.astype(np.float32)[:, None, None]
+        rgb -= bg
+        rgb *= alpha
+        rgb += bg
+    return rgb, alpha
 
 
 def normalize_rig(c2w: np.ndarray, target_distance: float) -> np.ndarray:

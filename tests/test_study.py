@@ -1,0 +1,215 @@
+"""End-to-end studies on a 2-CPU machine: real Ray, Tune, Optuna, Train workers, tiny trials.
+
+Each study here runs in a subprocess exactly as a user would start it, on a dataset generated
+once per session, with trials shrunk through --set (20 steps, 2 validation rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from trainables.gslrm.data.synthetic import generate_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--set", "training.schedule.max_steps=20", "--set", "validation.val_every=10",
+        "--set", "training.checkpointing.checkpoint_every=10", "--set", "validation.max_items=2",
+        "--wandb", "disabled"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> list[str]:
+    out = tmp_path_factory.mktemp("data")
+    info = generate_dataset(out, samples=8, size=64, rig="mouse6", seed=3)
+    return ["--set", f"training.dataset.dataset_path={info['train_list']}",
+            "--set", f"validation.dataset_path={info['val_list']}"]
+
+
+def study_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    return env
+
+
+def run_study(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=REPO, env=study_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def summaries(study_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((study_dir / "tune").glob("*/trial_summary.json"))]
+
+
+def trial_folders(study_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in (study_dir / "tune").glob("*/params.json"))
+
+
+def test_bad_study_and_bad_set_fail_before_ray(tmp_path):
+    start = time.monotonic()
+    out = run_study(["no_such_study", "--storage", str(tmp_path)])
+    assert out.returncode == 2
+    assert "unknown study 'no_such_study'" in out.stderr and "mouse_loss_sweep" in out.stderr
+    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path),
+                     "--set", "training.losses.ssim_weight=0.5"])
+    assert out.returncode == 2 and "training.losses.ssim_weight" in out.stderr
+    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path),
+                     "--set", "training.losses.mask_threshold=2"])
+    assert out.returncode == 2 and "training.losses.mask_threshold" in out.stderr
+    out = run_study(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(tmp_path)])
+    assert out.returncode == 2 and "nothing to resume" in out.stderr
+    assert "Started a local Ray" not in out.stderr + out.stdout
+    assert time.monotonic() - start < 60
+
+
+def test_unreachable_address_fails_in_seconds(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path), "--address",
+                     f"127.0.0.1:{port}", *TINY])
+    assert out.returncode == 2 and "no Ray cluster answers" in out.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
+    """mouse_loss_sweep --smoke: Optuna proposes, Train workers report, the dashboard answers."""
+    storage = tmp_path / "studies"
+    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
+           "--storage", str(storage), *TINY, *dataset]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines, dashboard_status = [], None
+    deadline = time.monotonic() + 900
+    for line in proc.stdout:
+        lines.append(line)
+        match = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", line)
+        if match and dashboard_status is None:
+            with urllib.request.urlopen(f"{match.group(1)}/api/gcs_healthz", timeout=10) as response:
+                dashboard_status = response.status
+        assert time.monotonic() < deadline, "study took too long"
+    assert proc.wait(timeout=60) == 0, "".join(lines[-40:])
+    assert dashboard_status == 200
+
+    study_dir = storage / "mouse_loss_sweep"
+    done = summaries(study_dir)
+    assert len(done) == 3 and all(s["status"] == "finished" for s in done), done
+    for s in done:
+        # metrics came from a Ray Train worker group: its attempt log and Train-reported checkpoints
+        run_dir = Path(s["run_dir"])
+        assert (run_dir / "attempts.jsonl").is_file()
+        results = [json.loads(line) for t in trial_folders(study_dir) if t.name.split("_")[2] == s["trial_id"]
+                   for line in (t / "result.json").read_text().splitlines()]
+        assert [r["step"] for r in results] == [10, 20]
+        assert all(str(study_dir / "train") in r["checkpoint_path"] for r in results)
+
+    import optuna
+
+    study = optuna.load_study(study_name="mouse_loss_sweep", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    for trial in complete:
+        assert "mouse.use_mouse_dataset" in trial.params and "training.optimizer.lr" in trial.params
+        assert trial.value is not None
+    sampled = {(t.params["mouse.use_mouse_dataset"], t.params["training.optimizer.lr"]) for t in complete}
+    assert len(sampled) == 3  # three distinct proposals
+
+    report = (study_dir / "report" / "report.md").read_text()
+    for section in ("# Study report: mouse_loss_sweep", "## Best trials", "## Flags", "## Parameter importance"):
+        assert section in report
+    for plot in ("fg_psnr_vs_mask_iou.png", "learning_curves.png"):
+        assert (study_dir / "report" / plot).stat().st_size > 1000
+    assert (study_dir / "report" / "trials.parquet").is_file()
+
+
+def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
+    """A grid whose second trial cannot learn (learning rate 1e-12): ASHA stops it at its first rung."""
+    storage = tmp_path / "studies"
+    script = (
+        "import sys\n"
+        "from study import studies, run\n"
+        "spec = studies.StudySpec(name='asha_check', description='ASHA check', search='grid',\n"
+        "    grid={'training.optimizer.lr': [3e-3, 1e-12]}, scheduler='asha', grace_period_rounds=1,\n"
+        "    smoke=studies.SmokePreset(overrides=dict(studies.SMOKE_SCHEDULE), grace_period_rounds=1))\n"
+        "studies.STUDIES['asha_check'] = spec\n"
+        "sys.exit(run.main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, "asha_check", "--smoke", "--storage", str(storage),
+                          "--set", "training.schedule.max_steps=40", "--set", "training.schedule.warmup=2",
+                          *TINY[4:], *dataset], cwd=REPO, env=study_env(), capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study_dir = storage / "asha_check"
+    steps = {}
+    for folder in trial_folders(study_dir):
+        params = json.loads((folder / "params.json").read_text())
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        steps[params["training.optimizer.lr"]] = max(r["step"] for r in rows)
+    assert steps[3e-3] == 40  # the learning trial ran to the end
+    assert steps[1e-12] < 40  # the stuck one was stopped early
+    import pandas as pd
+
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert trials["flag_stopped_early"].sum() == 1
+
+
+def test_join_cluster_started_with_ray_start(tmp_path, dataset):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = study_env()
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        out = run_study(["view_order_ablation", "--smoke", "--seeds", "0", "--address", f"127.0.0.1:{port}",
+                         "--storage", str(tmp_path), *TINY, *dataset], timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        done = summaries(tmp_path / "view_order_ablation")
+        assert len(done) == 2 and {s["status"] for s in done} == {"finished"}
+        assert {s["config"]["mouse.use_mouse_dataset"] for s in done} == {False, True}
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
+    storage = tmp_path / "studies"
+    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
+           "--storage", str(storage), *TINY, *dataset]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    study_dir = storage / "mouse_loss_sweep"
+    deadline = time.monotonic() + 600
+    while not summaries(study_dir) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert summaries(study_dir), "first trial never finished"
+    time.sleep(5)  # let the second trial start
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait(timeout=60)
+
+    out = run_study(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(storage), *TINY, *dataset],
+                    timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    done = summaries(study_dir)
+    assert len({s["trial_id"] for s in done}) == 3
+    assert all(s["status"] == "finished" for s in done)
+    import pandas as pd
+
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+
+    again = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage), *TINY, *dataset])
+    assert again.returncode == 2 and "--resume" in again.stderr  # a finished study is not silently re-run
