@@ -317,7 +317,7 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                 step += 1
 
                 for key, value in terms.items():
-                    running[f"train/{key}"] = running.get(f"train/{key}", 0.0) + float(value)
+                    running[f"train/{key}"] = running.get(f"train/{key}", 0.0) + float(value.detach())
                 running_count += 1
                 if step % log_every == 0 or step == schedule.max_steps:
                     now = time.perf_counter()
