@@ -141,6 +141,7 @@ class RuntimeConfig:
     grad_clip_norm: float = 1.0
     grad_checkpoint_every: int = 0  # checkpoint every k-th transformer block; 0 = off
     seed: int = 777
+    inject_nan_loss_at_step: int = 0  # (ours, for fault tests) make the loss NaN at this step; 0 = off
 
 
 @dataclass

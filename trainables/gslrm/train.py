@@ -301,12 +301,14 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                 rgb, _ = forward_render(model, batch, config, autocast())
                 terms = compute_losses(rgb, batch["target_images"], batch["target_alpha"], weights)
                 loss = terms["loss"]
+                if step + 1 == runtime.inject_nan_loss_at_step:
+                    loss = loss * float("nan")
                 finite = torch.isfinite(loss).float()
                 if hooks.world_size > 1 and torch.distributed.is_initialized():
                     # every rank must stop together, or the others wait forever in all-reduce
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if finite.item() == 0:
-                    raise TrainingDiverged(step + 1, float(loss))
+                    raise TrainingDiverged(step + 1, float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
