@@ -1,0 +1,165 @@
+"""Faults injected into real studies: a killed Train worker, a diverging trial, a trial that
+raises, drivers killed at random points, and two studies sharing one cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.test_study import REPO, TINY, study_env, summaries
+from trainables.gslrm.data.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    return generate_dataset(tmp_path_factory.mktemp("data"), samples=8, size=64, rig="mouse6", seed=4)
+
+
+def data_args(data: dict) -> list[str]:
+    return ["--set", f"training.dataset.dataset_path={data['train_list']}",
+            "--set", f"validation.dataset_path={data['val_list']}"]
+
+
+def custom_study(name: str, grid: dict) -> str:
+    """A driver script that registers a grid study, then runs study.run's main."""
+    return (
+        "import sys\n"
+        "from study import studies, run\n"
+        f"studies.STUDIES[{name!r}] = studies.StudySpec(name={name!r}, description='fault test',\n"
+        f"    search='grid', grid={grid!r}, scheduler='fifo',\n"
+        "    smoke=studies.SmokePreset(overrides=dict(studies.SMOKE_SCHEDULE)))\n"
+        "sys.exit(run.main(sys.argv[1:]))\n"
+    )
+
+
+def ray_train_worker_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
+
+
+def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
+    storage = tmp_path / "studies"
+    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "1",
+           "--storage", str(storage), "--max-failures", "2", *TINY, "--set", "training.schedule.max_steps=40",
+           "--set", "training.checkpointing.checkpoint_every=10", *data_args(data)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    study_dir = storage / "mouse_loss_sweep"
+    deadline = time.monotonic() + 600
+    killed_after = None
+    while time.monotonic() < deadline and killed_after is None:
+        ckpts = sorted((study_dir / "runs").glob("*/checkpoints/ckpt_*.pt"))
+        pids = ray_train_worker_pids()
+        if ckpts and pids:
+            killed_after = int(ckpts[-1].stem.split("_")[1])
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    assert killed_after is not None, "no worker with a checkpoint to kill"
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-3000:]
+    (summary,) = summaries(study_dir)
+    assert summary["status"] == "finished" and summary["steps_run"] == 40
+    assert summary["restarts"] >= 1
+    result = json.loads((Path(summary["run_dir"]) / "train_result.json").read_text())
+    # the new worker group resumed from the checkpoint at or after the one we saw, so at most
+    # one checkpoint interval (10 steps) was lost
+    assert result["resumed_from_step"] >= killed_after
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert int(trials["restarts"].iloc[0]) >= 1
+
+
+def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path, data):
+    broken = tmp_path / "broken"
+    shutil.copytree(Path(data["val_list"]).parent, broken)
+    first_val = (broken / Path(data["val_list"]).name).read_text().split()[0]
+    png = sorted((broken / first_val).rglob("*.png"))[0]
+    png.write_bytes(png.read_bytes()[:200])  # a corrupt image met at the first validation
+    grid = {"validation.dataset_path": [data["val_list"], str(broken / "data_val.txt")],
+            "training.runtime.inject_nan_loss_at_step": [0, 15]}
+    storage = tmp_path / "studies"
+    out = subprocess.run([sys.executable, "-c", custom_study("fault_check", grid), "fault_check", "--smoke",
+                          "--storage", str(storage), "--max-failures", "0", *TINY,
+                          "--set", f"training.dataset.dataset_path={data['train_list']}"],
+                         cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study_dir = storage / "fault_check"
+    by_case = {(s["config"]["validation.dataset_path"] == data["val_list"],
+                s["config"]["training.runtime.inject_nan_loss_at_step"]): s for s in summaries(study_dir)}
+    assert by_case[(True, 0)]["status"] == "finished"
+    diverged = by_case[(True, 15)]
+    assert diverged["status"] == "diverged" and diverged["diverged_step"] == 15
+    for case in ((False, 0), (False, 15)):
+        assert by_case[case]["status"] == "errored"
+        assert png.name in by_case[case]["error"] and "cannot decode image" in by_case[case]["error"]
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert sorted(trials["status"]) == ["diverged", "errored", "errored", "finished"]
+    assert trials.loc[trials["status"] == "diverged", "flag_diverged"].all()
+    report = (study_dir / "report" / "report.md").read_text()
+    assert "diverged" in report
+
+
+def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
+    storage = tmp_path / "studies"
+    study_dir = storage / "mouse_loss_sweep"
+    base = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
+            "--storage", str(storage), *TINY, *data_args(data)]
+    rng = random.Random(7)
+    for attempt in range(2):
+        cmd = base + (["--resume"] if attempt else [])
+        proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(15, 60))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    final = subprocess.run(base + ["--resume"], cwd=REPO, env=study_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    done = summaries(study_dir)
+    finished = {s["trial_id"] for s in done if s["status"] == "finished"}
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert len(finished) == 3 and len(trials) == 3 and set(trials["trial_id"]) == finished
+
+
+def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = study_env()
+    started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                              "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        common = ["--smoke", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path), *TINY, *data_args(data)]
+        procs = [subprocess.Popen([sys.executable, "-m", "study.run", *args, *common], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for args in (["mouse_loss_sweep", "--num-samples", "1"], ["view_order_ablation", "--seeds", "0"])]
+        outputs = [p.communicate(timeout=1200)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    sweep, ablation = summaries(tmp_path / "mouse_loss_sweep"), summaries(tmp_path / "view_order_ablation")
+    assert len(sweep) == 1 and len(ablation) == 2
+    assert {s["study"] for s in sweep} == {"mouse_loss_sweep"}
+    assert {s["study"] for s in ablation} == {"view_order_ablation"}
+    for study, rows in (("mouse_loss_sweep", sweep), ("view_order_ablation", ablation)):
+        runs = {p.name for p in (tmp_path / study / "runs").iterdir()}
+        assert runs == {s["trial_id"] for s in rows}
+        trials = pd.read_parquet(tmp_path / study / "report" / "trials.parquet")
+        assert set(trials["trial_id"]) == runs
