@@ -78,7 +78,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     storage = Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
     study_dir = storage / args.name
     data = spec.smoke.data if args.smoke else spec.data
-    num_samples = args.num_samples or (spec.smoke.num_samples if args.smoke else spec.num_samples)
+    smoke_samples = spec.smoke.num_samples if args.smoke and spec.search == "optuna" else None
+    num_samples = args.num_samples or smoke_samples or spec.num_samples  # grid: repeats of the grid
     return {"spec": spec, "base_config": base_config, "overrides": overrides, "config": config,
             "storage": storage, "study_dir": study_dir, "data": data, "num_samples": num_samples}
 

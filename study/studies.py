@@ -21,7 +21,7 @@ class SmokePreset:
     """What `--smoke` changes so a study finishes in minutes on a 2-core CPU."""
 
     base_config: str = "configs/smoke.yaml"
-    num_samples: int = 4
+    num_samples: int = 4  # optuna studies only; a grid runs once
     overrides: dict[str, Any] = field(default_factory=dict)
     grid_seeds: tuple[int, ...] | None = None  # grid studies: fewer seeds
     grace_period_rounds: int = 1
