@@ -103,6 +103,7 @@ class DatasetConfig:
 class DataloaderConfig:
     batch_size_per_gpu: int = 2
     num_workers: int = 2
+    shuffle: bool = True  # (ours) false: fixed item order, e.g. to compare 1 vs N workers
 
 
 @dataclass

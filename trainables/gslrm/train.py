@@ -257,7 +257,7 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     train_set = MultiViewDataset(config.training.dataset.dataset_path, config)
     generator = torch.Generator()
     train_loader = hooks.wrap_loader(DataLoader(
-        train_set, batch_size=dl.batch_size_per_gpu, shuffle=True, drop_last=len(train_set) >= dl.batch_size_per_gpu,
+        train_set, batch_size=dl.batch_size_per_gpu, shuffle=dl.shuffle, drop_last=len(train_set) >= dl.batch_size_per_gpu,
         num_workers=dl.num_workers, generator=generator, persistent_workers=False,
         pin_memory=device.type == "cuda"))
     val_loader = None
@@ -327,6 +327,7 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                     record.update({"metrics/lr": scheduler.get_last_lr()[0], "metrics/grad_norm": float(grad_norm),
                                    "metrics/iter_time": (now - step_start) / running_count,
                                    "metrics/param_update_step": step, "metrics/epoch": epoch})
+                    record["metrics/time"] = time.time()  # wall clock, for start-up and overhead figures
                     log.log(record, step)
                     last_metrics.update(record)
                     running, running_count, step_start = {}, 0, now
