@@ -287,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
     overrides = {**plan_["overrides"], **data_overrides}
     if restore:
         overrides = json.loads((study_dir / "study.json").read_text())["overrides"]
+        changed = {k: v for k, v in (parse_override(t) for t in args.set) if overrides.get(k, v) != v
+                   or k not in overrides}
+        if changed:
+            key, value = next(iter(changed.items()))
+            raise StudyError(f"--set {key}={value!r}: a resumed study keeps the settings it started with "
+                             f"({key}={overrides.get(key, '<default>')!r}); start a new study to change it")
     apply_overrides(plan_["config"], data_overrides)  # validates the data keys too
 
     env = ray_env(args.wandb or plan_["config"].training.logging.wandb.mode)

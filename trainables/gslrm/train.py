@@ -219,8 +219,6 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     losses_cfg, schedule, runtime = config.training.losses, config.training.schedule, config.training.runtime
     check_perceptual_available(losses_cfg.perceptual_loss_weight, losses_cfg.lpips_loss_weight)
     device = resolve_device(hooks)
-    if hooks.is_main:
-        save_config(config, out_dir / "config.yaml")
 
     torch.manual_seed(runtime.seed)  # same initial weights on every rank
     if device.type == "cuda":
@@ -268,6 +266,8 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ConfigError("training.dataloader.batch_size_per_gpu: larger than the training set")
+    if hooks.is_main:  # only once the data opened, so a failing re-run leaves a finished run as it was
+        save_config(config, out_dir / "config.yaml")
 
     model = hooks.wrap_model(model)
     plain_model = getattr(model, "module", model)  # validation runs outside DDP

@@ -29,6 +29,9 @@ from PIL import Image, UnidentifiedImageError
 CAMERA_FILE = "opencv_cameras.json"
 # FaceLift builds alpha from RGB-only images: pixels with every channel above 250/255 are background.
 RGB_ONLY_BACKGROUND_LEVEL = 250
+# Camera numbers outside these bounds become inf or 0 in float32: refuse them.
+MAX_MAGNITUDE = 1e30
+MIN_POSITIVE = 1e-6
 
 
 class DataError(ValueError):
@@ -53,10 +56,25 @@ class Sample:
     frames: tuple[Frame, ...]
 
 
+def _exists(path: Path, kind: str, test) -> bool:
+    """path.is_file()/is_dir() that turns odd names (too long, NUL) into DataError."""
+    try:
+        return test(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot open {kind} ({exc})") from None
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # ints beyond float range
+        return False
+
+
 def read_list_file(list_file: str | Path) -> list[Path]:
     """Sample folders named in a list file; relative entries are resolved against its folder."""
     list_file = Path(list_file)
-    if not list_file.is_file():
+    if not _exists(list_file, "list file", Path.is_file):
         raise DataError(f"{list_file}: list file not found (expected one sample folder per line)")
     try:
         lines = list_file.read_text().splitlines()
@@ -76,22 +94,26 @@ def read_list_file(list_file: str | Path) -> list[Path]:
 
 def _number(frame: dict, key: str, where: str, positive: bool = False) -> float:
     value = frame.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise DataError(f"{where}: '{key}' must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise DataError(f"{where}: '{key}' must be > 0, got {value!r}")
+    if abs(value) > MAX_MAGNITUDE or (positive and value < MIN_POSITIVE):
+        raise DataError(f"{where}: '{key}' is out of range, got {value!r}")
     return float(value)
 
 
 def _rigid_w2c(value: object, where: str) -> np.ndarray:
     try:
         matrix = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise DataError(f"{where}: 'w2c' must be a 4x4 list of numbers") from None
     if matrix.shape != (4, 4):
         raise DataError(f"{where}: 'w2c' must be 4x4, got shape {list(matrix.shape)}")
     if not np.isfinite(matrix).all():
         raise DataError(f"{where}: 'w2c' has non-finite values")
+    if np.abs(matrix).max() > MAX_MAGNITUDE:
+        raise DataError(f"{where}: 'w2c' has values out of range")
     rotation = matrix[:3, :3]
     if (np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0
             or np.abs(matrix[3] - [0, 0, 0, 1]).max() > 1e-6):
@@ -103,14 +125,14 @@ def _rigid_w2c(value: object, where: str) -> np.ndarray:
 def read_sample(folder: str | Path) -> Sample:
     """Parse and validate one sample folder's opencv_cameras.json (images are not opened)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not _exists(folder, "sample folder", Path.is_dir):
         raise DataError(f"{folder}: sample folder not found")
     camera_file = folder / CAMERA_FILE
-    if not camera_file.is_file():
+    if not _exists(camera_file, "camera file", Path.is_file):
         raise DataError(f"{camera_file}: missing camera file")
     try:
         data = json.loads(camera_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers decode errors
         raise DataError(f"{camera_file}: invalid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise DataError(f"{camera_file}: expected an object with a non-empty 'frames' list")
@@ -131,15 +153,18 @@ def read_sample(folder: str | Path) -> Sample:
     return Sample(str(data.get("id", folder.name)), folder, tuple(frames))
 
 
-def _cache_path(cache_dir: Path, image_path: Path, size: int) -> Path:
-    stat = image_path.stat()
-    key = f"{image_path.resolve()}|{size}|{stat.st_mtime_ns}|{stat.st_size}"
+def _cache_path(cache_dir: Path, frame: Frame, size: int) -> Path:
+    # The camera's w/h is in the key so that a camera file edited to a wrong size is not
+    # hidden by an older cache entry.
+    stat = frame.image_path.stat()
+    key = (f"{frame.image_path.resolve()}|{frame.width}x{frame.height}|{size}|"
+           f"{stat.st_mtime_ns}|{stat.st_size}")
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
 
 def _decode_resized(frame: Frame, size: int) -> np.ndarray:
     path = frame.image_path
-    if not path.is_file():
+    if not _exists(path, "image file", Path.is_file):
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as image:
@@ -160,7 +185,7 @@ def _decode_resized(frame: Frame, size: int) -> np.ndarray:
             return np.asarray(rgba, dtype=np.uint8).copy()
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
 
 
@@ -169,8 +194,8 @@ def load_view(frame: Frame, size: int, cache_dir: Path | None = None) -> np.ndar
     if cache_dir is None:
         return _decode_resized(frame, size)
     try:
-        cached = _cache_path(cache_dir, frame.image_path, size)
-    except OSError:
+        cached = _cache_path(cache_dir, frame, size)
+    except (OSError, ValueError):
         raise DataError(f"{frame.image_path}: image file not found") from None
     if cached.is_file():
         try:
