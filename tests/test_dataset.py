@@ -14,22 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tests.test_reader import look_at_c2w
 from trainables.gslrm.config import TrainerConfig, apply_overrides
 from trainables.gslrm.data.dataset import MultiViewDataset, select_views, split_views
 from trainables.gslrm.data.reader import normalize_rig
 
 SIZE = 16
 N_CAMERAS = 8  # more views on disk than num_views, so random selection also picks subsets
-
-
-def look_at_c2w(centre: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) looking at `target`."""
-    z = (target - centre) / np.linalg.norm(target - centre)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, np.cross(z, x), z, centre
-    return c2w
 
 
 def tilted_rig(n: int, normal: Any, radii: Any = None, up_sign: float = 1.0) -> np.ndarray:
