@@ -40,7 +40,7 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
     objective: str = "val/psnr_fg"
     mode: str = "max"
-    num_samples: int = 24  # optuna: trials; grid: repeats of the whole grid
+    num_samples: int = 1  # optuna: trials; grid: repeats of the whole grid
     sampler_seed: int = 0
     scheduler: str = "asha"  # asha | fifo
     grace_period_rounds: int = 2  # ASHA: validation rounds before a trial can be stopped
