@@ -18,7 +18,7 @@ from analysis.metrics import is_curve_key
 ERROR_MESSAGE_MAX_CHARS = 500
 # Statuses a trial summary may state; anything else (e.g. "running" from a summary written
 # early) is ignored and the status is inferred from the other files.
-FINAL_STATUSES = ("finished", "diverged", "errored")
+FINAL_STATUSES = ("finished", "diverged", "errored", "stopped_early")
 
 # Ray names trial folders "<trainable>_<trial id>_<index>_<params>_<date>"; the id is
 # 5 hex characters, "_", 5 digits.

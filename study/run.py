@@ -222,7 +222,9 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
     rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
     grace = spec.smoke.grace_period_rounds if args.smoke else spec.grace_period_rounds
     if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rounds,
+        # max_t one round past the last, so ASHA never stops a trial for reaching the end: a trial
+        # that ends by itself writes its own summary instead of being killed mid-teardown.
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=rounds + 1,
                                   grace_period=min(grace, rounds), reduction_factor=2)
     else:
         scheduler = FIFOScheduler()

@@ -129,10 +129,10 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
     final = subprocess.run(base + ["--resume"], cwd=REPO, env=study_env(), capture_output=True, text=True,
                            timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-    done = summaries(study_dir)
-    finished = {s["trial_id"] for s in done if s["status"] == "finished"}
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
-    assert len(finished) == 3 and len(trials) == 3 and set(trials["trial_id"]) == finished
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]  # ASHA may stop some
+    assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
 
 
 def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):

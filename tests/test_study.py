@@ -103,15 +103,19 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     assert dashboard_status == 200
 
     study_dir = storage / "mouse_loss_sweep"
-    done = summaries(study_dir)
-    assert len(done) == 3 and all(s["status"] == "finished" for s in done), done
-    for s in done:
+    import pandas as pd
+
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    # ASHA may stop a weak trial after its first round (a stopped trial is killed, so the
+    # report infers its status from its results); nothing errors
+    assert len(trials) == 3 and set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]
+    assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
+    for folder in trial_folders(study_dir):
         # metrics came from a Ray Train worker group: its attempt log and Train-reported checkpoints
-        run_dir = Path(s["run_dir"])
-        assert (run_dir / "attempts.jsonl").is_file()
-        results = [json.loads(line) for t in trial_folders(study_dir) if t.name.split("_")[2] == s["trial_id"]
-                   for line in (t / "result.json").read_text().splitlines()]
-        assert [r["step"] for r in results] == [10, 20]
+        trial_id = json.loads((folder / "result.json").read_text().splitlines()[0])["trial_id"]
+        assert (study_dir / "runs" / trial_id / "attempts.jsonl").is_file()
+        results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+        assert results and [r["step"] for r in results] == [10, 20][: len(results)]
         assert all(str(study_dir / "train") in r["checkpoint_path"] for r in results)
 
     import optuna
@@ -203,13 +207,11 @@ def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
     out = run_study(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(storage), *TINY, *dataset],
                     timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    done = summaries(study_dir)
-    assert len({s["trial_id"] for s in done}) == 3
-    assert all(s["status"] == "finished" for s in done)
     import pandas as pd
 
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]
 
     again = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage), *TINY, *dataset])
     assert again.returncode == 2 and "--resume" in again.stderr  # a finished study is not silently re-run

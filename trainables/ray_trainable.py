@@ -149,6 +149,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 # Tune side
 
 
+def last_logged_step(run_dir: Path) -> int:
+    """The newest step in the trainer's metrics.jsonl (0 when nothing was logged)."""
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]):
     """Base YAML + study overrides + this trial's sampled values (all dotted keys)."""
     return apply_overrides(load_config(settings.base_config), {**settings.overrides, **sampled})
@@ -204,10 +213,15 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     )
     start = time.perf_counter()
     error: BaseException | None = None
+    stopped_from_outside = False
     try:
         trainer.fit()
-    except Exception as exc:  # TrainingFailedError wraps the worker's exception
+    except ray.train.TrainingFailedError as exc:  # wraps the worker's own exception
         error = exc
+    except Exception:  # noqa: BLE001
+        # Tune stopped this trial (ASHA, or the study ending) and tore the worker group down
+        # mid-fit: not a training failure.
+        stopped_from_outside = True
     summary["wall_s"] = time.perf_counter() - start
     attempts = run_dir / ATTEMPTS_FILE
     if attempts.is_file():
@@ -224,6 +238,10 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         error = RuntimeError(info["error"])
     elif error is not None:
         summary.update(status="errored", error=_root_cause(error))
+    elif stopped_from_outside and not result_file.is_file():
+        step = last_logged_step(run_dir)
+        done = step >= config.training.schedule.max_steps
+        summary.update(status="finished" if done else "stopped_early", steps_run=step)
     else:
         summary["status"] = "finished"
     # get_trial_dir() is Tune's local staging folder, synced to storage only on reports, so the
