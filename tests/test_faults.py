@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_study import REPO, TINY, study_env, summaries
+from tests.test_study import REPO, TINY, ray_head, study_env, summaries
 from trainables.gslrm.data.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow
@@ -136,24 +135,14 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
 
 
 def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_bin = str(Path(sys.executable).parent / "ray")
     env = study_env()
-    started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                              "--num-cpus=4", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                              "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
-    assert started.returncode == 0, started.stderr
-    try:
-        common = ["--smoke", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path), *TINY, *data_args(data)]
+    with ray_head(num_cpus=4) as address:
+        common = ["--smoke", "--address", address, "--storage", str(tmp_path), *TINY, *data_args(data)]
         procs = [subprocess.Popen([sys.executable, "-m", "study.run", *args, *common], cwd=REPO, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for args in (["mouse_loss_sweep", "--num-samples", "1"], ["view_order_ablation", "--seeds", "0"])]
         outputs = [p.communicate(timeout=1200)[0] for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     sweep, ablation = summaries(tmp_path / "mouse_loss_sweep"), summaries(tmp_path / "view_order_ablation")
     assert len(sweep) == 1 and len(ablation) == 2
     assert {s["study"] for s in sweep} == {"mouse_loss_sweep"}

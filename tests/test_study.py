@@ -6,6 +6,7 @@ once per session, with trials shrunk through --set (20 steps, 2 validation round
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,6 +46,37 @@ def study_env() -> dict[str, str]:
 def run_study(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=REPO, env=study_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2):
+    """A Ray head node on loopback started with `ray start --head --block`; yields its address.
+    Stopped by signalling its own process group, so other Ray clusters on the machine live on
+    (`ray stop` would end them all)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             "--disable-usage-stats"], env=study_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "ray start --head failed"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def summaries(study_dir: Path) -> list[dict]:
@@ -169,24 +201,13 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
 
 
 def test_join_cluster_started_with_ray_start(tmp_path, dataset):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = study_env()
-    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                            "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                            "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
-    assert start.returncode == 0, start.stderr
-    try:
-        out = run_study(["view_order_ablation", "--smoke", "--seeds", "0", "--address", f"127.0.0.1:{port}",
+    with ray_head() as address:
+        out = run_study(["view_order_ablation", "--smoke", "--seeds", "0", "--address", address,
                          "--storage", str(tmp_path), *TINY, *dataset], timeout=900)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        done = summaries(tmp_path / "view_order_ablation")
-        assert len(done) == 2 and {s["status"] for s in done} == {"finished"}
-        assert {s["config"]["mouse.use_mouse_dataset"] for s in done} == {False, True}
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    done = summaries(tmp_path / "view_order_ablation")
+    assert len(done) == 2 and {s["status"] for s in done} == {"finished"}
+    assert {s["config"]["mouse.use_mouse_dataset"] for s in done} == {False, True}
 
 
 def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
