@@ -64,10 +64,14 @@ def analysis_set(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
 
 
 def level_labels(trials: pd.DataFrame, factor: Factor) -> pd.Series:
-    """Each trial's level name for the factor (None when the trial lacks the key)."""
-    if factor.key not in trials.columns:
+    """Each trial's level name for the factor (None when the trial lacks a key). A factor of
+    several keys (e.g. masked L2 and masked SSIM switched together) has a level only where all
+    its keys give the same one."""
+    if any(key not in trials.columns for key in factor.keys):
         return pd.Series([None] * len(trials), index=trials.index, dtype=object)
-    return trials[factor.key].astype(object).map(factor.classify)
+    per_key = [trials[key].astype(object).map(factor.classify) for key in factor.keys]
+    agreed = per_key[0].where(pd.concat(per_key, axis=1).nunique(axis=1, dropna=False).eq(1), None)
+    return agreed.astype(object)
 
 
 def is_reported(trials: pd.DataFrame, factor: Factor) -> bool:

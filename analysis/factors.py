@@ -109,6 +109,14 @@ FACTORS: tuple[Factor, ...] = (
         classify=_on_off,
     ),
     Factor(
+        name="masked_losses",
+        title="Masked L2 + SSIM losses (switched together)",
+        keys=("training.losses.masked_l2_loss", "training.losses.masked_ssim_loss"),
+        baseline=Level("off", "Masked L2 + SSIM off"),
+        treatment=Level("on", "Masked L2 + SSIM on"),
+        classify=_on_off,
+    ),
+    Factor(
         name="background_loss",
         title="Background loss weight",
         keys=("training.losses.background_loss_weight",),

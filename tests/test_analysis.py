@@ -692,3 +692,13 @@ def test_cli_rejects_non_study_folder_without_importing_ray(tmp_path: Path) -> N
     assert not {name for name in imported if name == "ray" or name.startswith("ray.")}
     with pytest.raises(NotAStudyError, match="not_a_study"):
         write_report(folder)
+
+
+def test_factor_of_two_keys_has_a_level_only_where_they_agree():
+    from analysis.compare import level_labels
+    from analysis.factors import FACTORS
+
+    factor = next(f for f in FACTORS if f.name == "masked_losses")
+    trials = pd.DataFrame({"training.losses.masked_l2_loss": [True, False, True, False],
+                           "training.losses.masked_ssim_loss": [True, False, False, True]})
+    assert list(level_labels(trials, factor)) == ["on", "off", None, None]
