@@ -69,9 +69,9 @@ def level_labels(trials: pd.DataFrame, factor: Factor) -> pd.Series:
     its keys give the same one."""
     if any(key not in trials.columns for key in factor.keys):
         return pd.Series([None] * len(trials), index=trials.index, dtype=object)
-    per_key = [trials[key].astype(object).map(factor.classify) for key in factor.keys]
-    agreed = per_key[0].where(pd.concat(per_key, axis=1).nunique(axis=1, dropna=False).eq(1), None)
-    return agreed.astype(object)
+    per_key = [trials[key].astype(object).map(factor.classify).tolist() for key in factor.keys]
+    agreed = [levels[0] if len(set(levels)) == 1 else None for levels in zip(*per_key, strict=True)]
+    return pd.Series(agreed, index=trials.index, dtype=object)
 
 
 def is_reported(trials: pd.DataFrame, factor: Factor) -> bool:
