@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/smoke.yaml")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
+                        help="CPUs the Train worker reserves (Ray sets its torch threads to match)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ray_overhead_"))
@@ -64,7 +66,8 @@ def main() -> None:
     settings = TrialSettings(study="overhead", study_dir=str(work / "study"),
                              base_config=str(Path(args.config).resolve()),
                              overrides={**dict(parse_override(s) for s in args.set), **overrides},
-                             use_gpu=use_gpu, gpus_per_worker=1.0 if use_gpu else 0.0)
+                             use_gpu=use_gpu, gpus_per_worker=1.0 if use_gpu else 0.0,
+                             cpus_per_worker=args.cpus_per_worker)
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"trial_slot": 1, "CPU": 0})
     tuner = tune.Tuner(trainable, param_space={}, tune_config=tune.TuneConfig(num_samples=1),
                        run_config=tune.RunConfig(name="tune", storage_path=str(work / "study"), verbose=0))
