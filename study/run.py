@@ -161,10 +161,9 @@ def grid_param_space(spec: StudySpec, seeds: tuple[int, ...] | None) -> dict[str
     grid = dict(spec.grid)
     if seeds is not None and "training.runtime.seed" in grid:
         grid["training.runtime.seed"] = list(seeds)
-    space: dict[str, Any] = {key: tune.grid_search(values) for key, values in grid.items()}
-    for follower, leader in spec.linked.items():
-        space[follower] = tune.sample_from(lambda s, leader=leader: s.config[leader])
-    return space
+    # Linked keys are applied inside the trial (TrialSettings.linked), not with tune.sample_from:
+    # Tune saves functions in the search state as placeholders that a restored study cannot resolve.
+    return {key: tune.grid_search(values) for key, values in grid.items()}
 
 
 class Progress:
@@ -309,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         gpus = float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     settings = TrialSettings(
         study=spec.name, study_dir=str(study_dir), base_config=str(plan_["base_config"]), overrides=overrides,
-        objective=spec.objective, mode=spec.mode, num_workers=workers, use_gpu=gpus > 0,
+        linked=dict(spec.linked), objective=spec.objective, mode=spec.mode, num_workers=workers, use_gpu=gpus > 0,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus / workers if gpus else 0.0,
         max_failures=args.max_failures)
     trial_resources = {"CPU": 1.0} if args.address else {"trial_slot": 1.0, "CPU": 0.0}

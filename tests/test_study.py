@@ -223,3 +223,13 @@ def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
 
     again = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage), *TINY, *dataset])
     assert again.returncode == 2 and "--resume" in again.stderr  # a finished study is not silently re-run
+
+
+def test_linked_keys_follow_their_leader_inside_the_trial():
+    from trainables.ray_trainable import TrialSettings, trial_config
+
+    settings = TrialSettings(study="s", study_dir="/tmp/unused", base_config=str(REPO / "configs/smoke.yaml"),
+                             linked={"training.losses.masked_ssim_loss": "training.losses.masked_l2_loss"})
+    for masked in (False, True):
+        config = trial_config(settings, {"training.losses.masked_l2_loss": masked})
+        assert config.training.losses.masked_ssim_loss is masked

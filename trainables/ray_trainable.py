@@ -47,6 +47,7 @@ class TrialSettings:
     study_dir: str
     base_config: str
     overrides: dict[str, Any] = field(default_factory=dict)  # applied before the trial's sampled values
+    linked: dict[str, str] = field(default_factory=dict)  # follower key -> key whose value it copies
     objective: str = "val/psnr_fg"
     mode: str = "max"
     num_workers: int = 1
@@ -159,8 +160,13 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]):
-    """Base YAML + study overrides + this trial's sampled values (all dotted keys)."""
-    return apply_overrides(load_config(settings.base_config), {**settings.overrides, **sampled})
+    """Base YAML + study overrides + this trial's sampled values (all dotted keys), then each
+    linked key copies its leader's value (e.g. masked SSIM follows masked L2)."""
+    values = {**settings.overrides, **sampled}
+    config = load_config(settings.base_config)
+    flat = flat_config(apply_overrides(config, values))
+    values.update({follower: flat[leader] for follower, leader in settings.linked.items()})
+    return apply_overrides(config, values)
 
 
 def _root_cause(exc: BaseException) -> str:
