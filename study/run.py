@@ -81,7 +81,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     smoke_samples = spec.smoke.num_samples if args.smoke and spec.search == "optuna" else None
     num_samples = args.num_samples or smoke_samples or spec.num_samples  # grid: repeats of the grid
     return {"spec": spec, "base_config": base_config, "overrides": overrides, "config": config,
-            "storage": storage, "study_dir": study_dir, "data": data, "num_samples": num_samples}
+            "storage": storage, "study_dir": study_dir, "data": data, "num_samples": num_samples,
+            "max_concurrent": args.max_concurrent or spec.max_concurrent}
 
 
 def check_writable(folder: Path) -> None:
@@ -245,16 +246,12 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=spec.objective, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
-            num_samples=num_samples, max_concurrent_trials=settings_max_concurrent(args, spec)),
+            num_samples=num_samples, max_concurrent_trials=plan_["max_concurrent"]),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(study_dir), verbose=0,
             callbacks=[Progress(spec.objective, spec.mode)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
-
-
-def settings_max_concurrent(args: argparse.Namespace, spec: StudySpec) -> int:
-    return args.max_concurrent or spec.max_concurrent
 
 
 def prepare_data(plan_: dict[str, Any]) -> dict[str, Any]:
@@ -297,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     apply_overrides(plan_["config"], data_overrides)  # validates the data keys too
 
     env = ray_env(args.wandb or plan_["config"].training.logging.wandb.mode)
-    max_concurrent = settings_max_concurrent(args, spec)
+    max_concurrent = plan_["max_concurrent"]
     dashboard = start_ray(args.address, max_concurrent, env, args.dashboard_host)
     print(f"[study] {spec.name}: dashboard {dashboard}", flush=True)
     import ray

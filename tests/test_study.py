@@ -48,13 +48,17 @@ def run_study(args: list[str], timeout: int = 600) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2):
     """A Ray head node on loopback (`ray start --head`); yields its address. `ray stop --force`
     at the end stops every Ray on the machine: fine on CI, where the test suite owns it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                               f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -92,9 +96,7 @@ def test_bad_study_and_bad_set_fail_before_ray(tmp_path):
 
 
 def test_unreachable_address_fails_in_seconds(tmp_path):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     start = time.monotonic()
     out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path), "--address",
                      f"127.0.0.1:{port}", *TINY])

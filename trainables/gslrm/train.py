@@ -359,12 +359,6 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                        resumed_from_step=resumed_from)
 
 
-def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoint files."""
-    for old in sorted(ckpt_dir.glob("ckpt_*.pt"))[:-keep]:
-        old.unlink(missing_ok=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trainables.gslrm.train",
