@@ -63,7 +63,7 @@ def main() -> None:
 
     use_gpu = bool(__import__("torch").cuda.is_available())
     ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={"trial_slot": 1}, log_to_driver=False)
-    settings = TrialSettings(study="overhead", study_dir=str(work / "study"),
+    settings = TrialSettings(study="overhead", study_dir=str(work / "study"), tune_dir=str(work / "study" / "tune"),
                              base_config=str(Path(args.config).resolve()),
                              overrides={**dict(parse_override(s) for s in args.set), **overrides},
                              use_gpu=use_gpu, gpus_per_worker=1.0 if use_gpu else 0.0,

@@ -3,7 +3,9 @@
 Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NAME):
     study.json     what was run (study, objective, searched keys, resources, command)
     optuna.db      Optuna storage for searched studies (open with `optuna-dashboard sqlite:///optuna.db`)
-    tune/          Tune experiment state and one folder per trial (params, results, trial_summary.json)
+    tune-<id>/     Tune experiment state and one folder per trial (params, results, trial_summary.json);
+                   the random id keeps Tune's local staging folders of studies started in the same
+                   second on one cluster apart (Ray names them by experiment name and second)
     train/         Ray Train run state and the reported checkpoints (best by objective + latest)
     runs/<trial>/  the trainer's own files: metrics.jsonl, pictures, checkpoints, W&B offline run
     report/        trials.parquet, curves.parquet, report.md and plots
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -95,16 +99,43 @@ def check_writable(folder: Path) -> None:
                          "pass --storage DIR with a folder you can write") from None
 
 
-def check_resume_state(study_dir: Path, resume: bool) -> bool:
-    """True when an earlier run of this study is there to continue."""
-    has_state = (study_dir / "tune").is_dir() and any((study_dir / "tune").glob("experiment_state*.json"))
-    if has_state and not resume:
+def find_tune_dir(study_dir: Path) -> Path | None:
+    """The study's Tune experiment folder, if an earlier run left one with state in it."""
+    states = sorted(study_dir.glob("tune*/experiment_state*.json"))
+    return states[0].parent if states else None
+
+
+def check_resume_state(study_dir: Path, resume: bool) -> Path | None:
+    """The Tune folder of an earlier run of this study to continue; None for a fresh start."""
+    tune_dir = find_tune_dir(study_dir)
+    if tune_dir and not resume:
         raise StudyError(f"{study_dir} already holds this study; pass --resume to continue it, or "
                          "--storage DIR to start a separate one")
-    if resume and not has_state:
+    if resume and not tune_dir:
         raise StudyError(f"nothing to resume: {study_dir} holds no study state "
                          "(run without --resume to start it)")
-    return has_state
+    return tune_dir
+
+
+def lock_study(storage: Path, name: str):
+    """Hold an exclusive lock on STORAGE/NAME for this process's life (the OS drops it on exit).
+
+    Two drivers on one study folder would interleave their Tune state; the second one stops here.
+    """
+    handle = open(storage / f".{name}.lock", "a+")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StudyError(f"study {name} in {storage} is already running ({holder}); wait for it, or pass "
+                         "--storage DIR to run a separate copy") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:
@@ -140,13 +171,37 @@ def ray_env(wandb_mode: str) -> dict[str, str]:
     return env
 
 
+def send_auth_token_if_available() -> None:
+    """Join a cluster with Ray's auth token when this machine has one.
+
+    `ray start --head` turns token authentication on when ~/.ray/auth_token exists, but
+    `ray.init(address=...)` sends the token only under RAY_AUTH_MODE=token (Ray switches that on by
+    itself only for clusters it finds without an address). A token sent to a cluster without
+    authentication is ignored, so sending it whenever there is one is safe. An explicit
+    RAY_AUTH_MODE from the user wins.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).expanduser()
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def start_ray(address: str | None, max_concurrent: int, env: dict[str, str], dashboard_host: str) -> str:
     """Start a local Ray with its dashboard on loopback, or join `address`. Returns the dashboard URL."""
+    if address:
+        send_auth_token_if_available()  # before Ray is imported: Ray reads its config once
     import ray
 
     runtime_env = {"env_vars": env}
     if address:
-        context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        try:
+            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        except ConnectionError as exc:
+            reason = str(exc).strip().splitlines()[-1]
+            raise StudyError(f"--address {address}: could not join the Ray cluster ({reason}); a cluster "
+                             "with token authentication needs its token in ~/.ray/auth_token or "
+                             "RAY_AUTH_TOKEN on this machine") from None
     else:
         # Trials reserve a `trial_slot` instead of a CPU so both CPUs stay free for Train workers.
         context = ray.init(include_dashboard=True, dashboard_host=dashboard_host,
@@ -208,6 +263,7 @@ class Progress:
 
 def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: TrialSettings, restore: bool,
                 trial_resources: dict[str, float]):
+    """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -215,7 +271,7 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
     study_dir: Path = plan_["study_dir"]
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), trial_resources)
     if restore:
-        return tune.Tuner.restore(str(study_dir / "tune"), trainable, resume_unfinished=True,
+        return tune.Tuner.restore(settings.tune_dir, trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
 
     config = plan_["config"]
@@ -248,20 +304,25 @@ def build_tuner(plan_: dict[str, Any], args: argparse.Namespace, settings: Trial
             metric=spec.objective, mode=spec.mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=num_samples, max_concurrent_trials=plan_["max_concurrent"]),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(study_dir), verbose=0,
+            name=Path(settings.tune_dir).name, storage_path=str(study_dir), verbose=0,
             callbacks=[Progress(spec.objective, spec.mode)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def prepare_data(plan_: dict[str, Any]) -> dict[str, Any]:
-    """Point the trials at a dataset: the user's, or synthetic data generated once into a cache."""
+def user_dataset(plan_: dict[str, Any]) -> dict[str, Any] | None:
+    """The user's dataset as overrides (checked to exist), or None when the study uses synthetic data."""
     config = plan_["config"]
-    if config.training.dataset.dataset_path:
-        path = resolve_path(config.training.dataset.dataset_path)
-        if not path.is_file():
-            raise StudyError(f"training.dataset.dataset_path: {path} not found")
-        return {"training.dataset.dataset_path": str(path)}
+    if not config.training.dataset.dataset_path:
+        return None
+    path = resolve_path(config.training.dataset.dataset_path)
+    if not path.is_file():
+        raise StudyError(f"training.dataset.dataset_path: {path} not found")
+    return {"training.dataset.dataset_path": str(path)}
+
+
+def synthetic_dataset(plan_: dict[str, Any]) -> dict[str, Any]:
+    """Generate the study's synthetic mouse data once into STORAGE/_data (later studies reuse it)."""
     data: DataSpec = plan_["data"]
     from trainables.gslrm.data.synthetic import generate_dataset
 
@@ -277,11 +338,19 @@ def run(args: argparse.Namespace) -> int:
     spec: StudySpec = plan_["spec"]
     study_dir: Path = plan_["study_dir"]
     check_writable(plan_["storage"])
-    restore = check_resume_state(study_dir, args.resume)
+    restore = check_resume_state(study_dir, args.resume) is not None
     if args.address:
         check_address(args.address)
 
-    data_overrides = prepare_data(plan_) if not restore else {}
+    data_overrides = user_dataset(plan_) if not restore else {}
+    # Bad input has been refused without touching the storage folder; from here on this driver
+    # owns the study. The state is checked again under the lock: another driver may have just
+    # started or finished it.
+    lock = lock_study(plan_["storage"], spec.name)  # noqa: F841 - released when the process ends
+    earlier_tune_dir = check_resume_state(study_dir, args.resume)
+    tune_dir = earlier_tune_dir or study_dir / f"tune-{secrets.token_hex(4)}"
+    if data_overrides is None:
+        data_overrides = synthetic_dataset(plan_)
     overrides = {**plan_["overrides"], **data_overrides}
     if restore:
         overrides = json.loads((study_dir / "study.json").read_text())["overrides"]
@@ -304,7 +373,8 @@ def run(args: argparse.Namespace) -> int:
     if gpus is None:
         gpus = float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     settings = TrialSettings(
-        study=spec.name, study_dir=str(study_dir), base_config=str(plan_["base_config"]), overrides=overrides,
+        study=spec.name, study_dir=str(study_dir), tune_dir=str(tune_dir), base_config=str(plan_["base_config"]),
+        overrides=overrides,
         linked=dict(spec.linked), objective=spec.objective, mode=spec.mode, num_workers=workers, use_gpu=gpus > 0,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=gpus / workers if gpus else 0.0,
         max_failures=args.max_failures)
@@ -318,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
             "optuna_storage": "optuna.db" if spec.search == "optuna" else None,
             "optuna_study_name": spec.name if spec.search == "optuna" else None,
             "base_config": str(plan_["base_config"]), "overrides": overrides,
-            "workers_per_trial": workers, "gpus_per_trial": gpus,
+            "workers_per_trial": workers, "gpus_per_trial": gpus, "tune_dir": tune_dir.name,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(), "command": sys.argv,
         })
     tuner = build_tuner(plan_, args, settings, restore, trial_resources)

@@ -31,6 +31,7 @@ T_975_DF2 = 4.302653  # Student t, two-sided 95%, 2 degrees of freedom (tables)
 T_975_DF1 = 12.706205
 MAX_STEPS = 300
 STEPS = (100, 200, 300)
+TUNE_DIR = "tune-0a1b2c3d"  # study.run names the Tune folder tune-<random id> and records it
 
 
 # ---------------------------------------------------------------- synthetic study writer
@@ -63,8 +64,9 @@ def base_config(seed: int, mouse: bool, **overrides: Any) -> dict[str, Any]:
 
 def write_study(root: Path, name: str = "view_order_ablation", **fields: Any) -> Path:
     study_dir = root / name
-    (study_dir / "tune").mkdir(parents=True)
+    (study_dir / TUNE_DIR).mkdir(parents=True)
     study = {
+        "tune_dir": TUNE_DIR,
         "study": name,
         "objective": "val/psnr_fg",
         "mode": "max",
@@ -135,9 +137,10 @@ def write_trial(
     lines: list[dict[str, Any]] | None = None,
     summary: dict[str, Any] | None = None,
     error_text: str | None = None,
+    tune_dir: str = TUNE_DIR,
 ) -> Path:
     folder = (
-        study_dir / "tune" / f"train_fn_{trial_id}_0_seed={params.get('training.runtime.seed')}"
+        study_dir / tune_dir / f"train_fn_{trial_id}_0_seed={params.get('training.runtime.seed')}"
     )
     folder.mkdir(parents=True)
     (folder / "params.json").write_text(json.dumps(params))
@@ -311,6 +314,19 @@ def test_trials_parquet_round_trip_keeps_dtypes(clear_study: Path) -> None:
     )
     for column in trials.columns:
         assert trials[column].dtype != object, column
+
+
+def test_only_the_recorded_tune_folder_holds_the_study(tmp_path: Path) -> None:
+    """A start that died before Tune saved state leaves another tune-<id>/; its trials are not read."""
+    study_dir = write_study(tmp_path)
+    add_finished(study_dir, "a0001_00000", 1, True, 22.0)
+    params = {"mouse.use_mouse_dataset": False, "training.runtime.seed": 1}
+    write_trial(study_dir, "dead1_00000", params, lines=curve_lines("dead1_00000", 5.0), tune_dir="tune-deadbeef")
+    assert [t.summary["trial_id"] for t in read_trials(study_dir)] == ["a0001_00000"]
+    # A study folder from before the record (one `tune/` folder) still reads.
+    legacy = write_study(tmp_path / "legacy", tune_dir=None)
+    write_trial(legacy, "old01_00000", params, lines=curve_lines("old01_00000", 9.0), tune_dir="tune")
+    assert [t.folder for t in read_trials(legacy)] == ["train_fn_old01_00000_0_seed=1"]
 
 
 def test_curves_parquet_has_one_row_per_step(clear_study: Path) -> None:

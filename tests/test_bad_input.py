@@ -152,6 +152,25 @@ def test_study_run_refuses_bad_input_before_ray(tmp_path: Path, storage: Path, c
     assert not (tmp_path / "studies" / "_data").exists(), "data generated before the input was checked"
 
 
+def test_second_driver_on_a_running_study_stops(tmp_path: Path, storage: Path) -> None:
+    """While one driver holds the study, a second one (fresh or --resume) is refused before Ray."""
+    import fcntl
+
+    data_list = tmp_path / "data_train.txt"
+    data_list.write_text("samples/000000\n")
+    with open(storage / ".mouse_loss_sweep.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = snapshot(storage)
+        result = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage),
+                            "--set", f"training.dataset.dataset_path={data_list}"], cwd=tmp_path)
+        check_study_failure(result, "mouse_loss_sweep", "already running", "--storage")
+        assert snapshot(storage) == before
+    # Once the holder is gone, the same command gets past the lock (and reaches the stubbed ray.init).
+    result = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage),
+                        "--set", f"training.dataset.dataset_path={data_list}"], cwd=tmp_path)
+    assert result.returncode == GUARD_EXIT, result.stdout + result.stderr
+
+
 def test_study_run_refuses_unwritable_storage(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()

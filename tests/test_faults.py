@@ -150,5 +150,6 @@ def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
     for study, rows in (("mouse_loss_sweep", sweep), ("view_order_ablation", ablation)):
         runs = {p.name for p in (tmp_path / study / "runs").iterdir()}
         assert runs == {s["trial_id"] for s in rows}
+        assert len(list((tmp_path / study).glob("tune-*"))) == 1
         trials = pd.read_parquet(tmp_path / study / "report" / "trials.parquet")
         assert set(trials["trial_id"]) == runs

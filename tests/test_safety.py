@@ -66,7 +66,18 @@ def test_start_ray_passes_the_dashboard_host(monkeypatch: pytest.MonkeyPatch) ->
     assert "address" not in kwargs  # a local cluster, not a join
 
 
-def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No Ray auth variables and an empty HOME; whatever the test sets is undone after it."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(name, "")  # records the original value, so undo restores it
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(monkeypatch: pytest.MonkeyPatch,
+                                                               clean_auth_env: Path) -> None:
     from study.run import start_ray
 
     calls: list[dict[str, Any]] = []
@@ -75,6 +86,38 @@ def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(monkeypatch: pyte
     (kwargs,) = calls
     assert kwargs["address"] == "10.0.0.5:6379"
     assert "dashboard_host" not in kwargs and "include_dashboard" not in kwargs
+
+
+def test_joining_a_cluster_sends_the_local_auth_token(monkeypatch: pytest.MonkeyPatch,
+                                                     clean_auth_env: Path) -> None:
+    """`ray start --head` requires the token when ~/.ray/auth_token exists; ray.init(address=...)
+    sends it only under RAY_AUTH_MODE=token."""
+    from study.run import send_auth_token_if_available
+
+    send_auth_token_if_available()
+    assert "RAY_AUTH_MODE" not in os.environ  # no token on this machine: nothing to send
+    (clean_auth_env / ".ray").mkdir()
+    (clean_auth_env / ".ray" / "auth_token").write_text("0123456789abcdef")
+    send_auth_token_if_available()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's explicit choice wins
+    send_auth_token_if_available()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_a_cluster_that_refuses_us_is_one_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                      clean_auth_env: Path) -> None:
+    from study.run import StudyError, start_ray
+
+    module = types.ModuleType("ray")
+
+    def init(**kwargs: Any) -> None:
+        raise ConnectionError("Failed to connect to GCS.\nFailed to connect to Ray cluster at 10.0.0.5:6379")
+
+    module.init = init  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", module)
+    with pytest.raises(StudyError, match=r"--address 10.0.0.5:6379: could not join .*at 10.0.0.5:6379.*auth_token"):
+        start_ray("10.0.0.5:6379", 1, {}, "127.0.0.1")
 
 
 # ---------------------------------------------------------------------------------------

@@ -71,11 +71,11 @@ def ray_head(num_cpus: int = 2):
 
 
 def summaries(study_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((study_dir / "tune").glob("*/trial_summary.json"))]
+    return [json.loads(p.read_text()) for p in sorted(study_dir.glob("tune-*/*/trial_summary.json"))]
 
 
 def trial_folders(study_dir: Path) -> list[Path]:
-    return sorted(p.parent for p in (study_dir / "tune").glob("*/params.json"))
+    return sorted(p.parent for p in study_dir.glob("tune-*/*/params.json"))
 
 
 def test_bad_study_and_bad_set_fail_before_ray(tmp_path):
@@ -230,7 +230,7 @@ def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
 def test_linked_keys_follow_their_leader_inside_the_trial():
     from trainables.ray_trainable import TrialSettings, trial_config
 
-    settings = TrialSettings(study="s", study_dir="/tmp/unused", base_config=str(REPO / "configs/smoke.yaml"),
+    settings = TrialSettings(study="s", study_dir="/tmp/unused", tune_dir="/tmp/unused/tune-0", base_config=str(REPO / "configs/smoke.yaml"),
                              linked={"training.losses.masked_ssim_loss": "training.losses.masked_l2_loss"})
     for masked in (False, True):
         config = trial_config(settings, {"training.losses.masked_l2_loss": masked})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +281,22 @@ def test_interrupted_run_resumes(tmp_path: Path) -> None:
     assert not summary["cached"]
     assert (tmp_path / "samples" / "000001" / "opencv_cameras.json").is_file()
     assert (tmp_path / syn.TRAIN_LIST).is_file()
+
+
+def test_two_processes_generating_at_once_write_it_once(tmp_path: Path) -> None:
+    """Two studies started together share the cache: one generates, the other waits and reuses."""
+    code = ("import json, sys; from trainables.gslrm.data.synthetic import generate_dataset; "
+            "print(json.dumps(generate_dataset(sys.argv[1], samples=6, size=32, seed=3)))")
+    repo = Path(__file__).resolve().parent.parent
+    shared = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(shared)], cwd=repo, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted(r["cached"] for r in results) == [False, True]
+    syn.generate_dataset(tmp_path / "alone", samples=6, size=32, seed=3)
+    for name in (syn.TRAIN_LIST, syn.VAL_LIST, "samples/000005/images/cam_05.png"):
+        assert (shared / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
 def test_cli_and_contact_sheet(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ Tune iteration that ASHA and Optuna see.
 Files per trial (in the study folder):
     runs/<trial_id>/           the trainer's run folder (metrics.jsonl, pictures, checkpoints, wandb)
     runs/<trial_id>/attempts.jsonl   one line per worker-group start (restarts = lines - 1)
-    tune/<trial>/trial_summary.json  status, error, steps, wall and GPU seconds, full config
+    tune-<id>/<trial>/trial_summary.json  status, error, steps, wall and GPU seconds, full config
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class TrialSettings:
 
     study: str
     study_dir: str
+    tune_dir: str  # the study's Tune experiment folder (STUDY_DIR/tune-<id>)
     base_config: str
     overrides: dict[str, Any] = field(default_factory=dict)  # applied before the trial's sampled values
     linked: dict[str, str] = field(default_factory=dict)  # follower key -> key whose value it copies
@@ -252,7 +253,7 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         summary["status"] = "finished"
     # get_trial_dir() is Tune's local staging folder, synced to storage only on reports, so the
     # summary goes straight to the trial's folder in the study's storage as well.
-    for folder in {trial_dir, study_dir / "tune" / trial_dir.name}:
+    for folder in {trial_dir, Path(settings.tune_dir) / trial_dir.name}:
         write_json_atomic(folder / SUMMARY_FILE, summary)
     if error is not None:
         # Tune records the trial as errored (Optuna: failed); the study goes on.

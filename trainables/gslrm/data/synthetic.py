@@ -60,13 +60,15 @@ Usage
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -749,6 +751,22 @@ def generate_dataset(out_dir: str | os.PathLike, samples: int, size: int, rig: s
     rig_specs(rig)  # validate the name before touching the disk
     out = Path(out_dir).resolve()
     cfg = SyntheticConfig(samples, size, rig, seed, float(val_fraction))
+    # Studies started together share one cache folder: one writes, the others wait and reuse it.
+    with _exclusive_lock(out / ".generate.lock"):
+        return _generate_or_reuse(out, cfg)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Block until this process holds an exclusive lock on `path` (released on exit or crash)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
+    samples, size, rig, seed, val_fraction = cfg.samples, cfg.size, cfg.rig, cfg.seed, cfg.val_fraction
     params = asdict(cfg)
     meta = _read_meta(out)
     lists_exist = (out / TRAIN_LIST).is_file() and (out / VAL_LIST).is_file()
@@ -758,7 +776,6 @@ def generate_dataset(out_dir: str | os.PathLike, samples: int, size: int, rig: s
                     val_list=str(out / VAL_LIST))
 
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     resume = bool(meta) and meta.get("params") == params
     # Remove the old lists first so a half-regenerated folder never looks complete.
     for name in (TRAIN_LIST, VAL_LIST):
