@@ -35,6 +35,7 @@ class MetricComparison:
     treatment: Estimate
     paired: Estimate  # n == number of pairs (0 when none)
     welch: Estimate
+    pair_seeds: int | None = None  # distinct seeds among the pairs (None: trials carry no seed)
 
     def difference(self) -> Estimate | None:
         """The interval the sentence uses: paired when >= 2 pairs, else Welch, else none."""
@@ -110,8 +111,8 @@ def pairing_groups(trials: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
     return trials[list(keys)].astype(object).apply(label, axis=1)
 
 
-def paired_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> np.ndarray:
-    """Per matched group: mean(treatment) - mean(baseline) of the metric's final value."""
+def _pairs(trials: pd.DataFrame, factor: Factor, metric: str) -> tuple[pd.Series, pd.DataFrame]:
+    """(difference per matched group, the trials that entered some group with both levels)."""
     frame = pd.DataFrame(
         {
             "group": pairing_groups(trials, pair_key_columns(trials, factor)),
@@ -122,9 +123,14 @@ def paired_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> np.
     frame = frame[frame["level"].notna() & np.isfinite(frame["value"])]
     means = frame.groupby(["group", "level"])["value"].mean().unstack("level")
     if factor.baseline.name not in means or factor.treatment.name not in means:
-        return np.asarray([], dtype=float)
-    differences = means[factor.treatment.name] - means[factor.baseline.name]
-    return differences.dropna().to_numpy(dtype=float)
+        return pd.Series([], dtype=float), trials.iloc[0:0]
+    differences = (means[factor.treatment.name] - means[factor.baseline.name]).dropna()
+    return differences, trials.loc[frame.index[frame["group"].isin(differences.index)]]
+
+
+def paired_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> np.ndarray:
+    """Per matched group: mean(treatment) - mean(baseline) of the metric's final value."""
+    return _pairs(trials, factor, metric)[0].to_numpy(dtype=float)
 
 
 def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricComparison:
@@ -132,12 +138,15 @@ def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricC
     values = trials[final_column(metric)].astype(float)
     baseline = values[levels == factor.baseline.name].to_numpy(dtype=float)
     treatment = values[levels == factor.treatment.name].to_numpy(dtype=float)
+    differences, paired_trials = _pairs(trials, factor, metric)
+    seeds = paired_trials["seed"].nunique() if "seed" in paired_trials.columns else None
     return MetricComparison(
         metric=metric,
         baseline=mean_ci(baseline),
         treatment=mean_ci(treatment),
-        paired=paired_difference(paired_differences(trials, factor, metric)),
+        paired=paired_difference(differences.to_numpy(dtype=float)),
         welch=welch_difference(baseline, treatment),
+        pair_seeds=seeds,
     )
 
 
@@ -150,9 +159,14 @@ def _amount(metric: str, value: float) -> str:
     return " ".join(part for part in (_fmt(metric, value), info.unit, info.label) if part)
 
 
-def _support(estimate: Estimate) -> str:
+def _support(estimate: Estimate, pair_seeds: int | None) -> str:
+    """How many runs back the interval: "3 seeds (paired)" when each seed gives one pair, else
+    "6 pairs over 3 seeds" (the other factors' levels pair up within a seed too)."""
     if estimate.kind == "paired":
-        return f"{estimate.n} seeds (paired)"
+        if pair_seeds == estimate.n:
+            return f"{estimate.n} seeds (paired)"
+        over = f" over {pair_seeds} seed{'s' if pair_seeds != 1 else ''}" if pair_seeds else ""
+        return f"{estimate.n} pairs{over} (paired)"
     return f"{estimate.n} vs {estimate.n_other} trials (unpaired, Welch)"
 
 
@@ -184,7 +198,7 @@ def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
     if winner is not None:
         return (
             f"{winner.phrase} beats {loser.name} by {_amount(metric, by)}, "
-            f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference)}."
+            f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference, comparison.pair_seeds)}."
         )
     info = metric_info(metric)
     unit = f" {info.unit}" if info.unit else ""
@@ -193,7 +207,7 @@ def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
         f"No difference beyond noise in {info.label} between {base} and {treat} "
         f"(difference {treat} − {base} {_fmt(metric, difference.mean)}{unit}, "
         f"95% CI [{_fmt(metric, difference.ci_low)}, {_fmt(metric, difference.ci_high)}], "
-        f"{_support(difference)})."
+        f"{_support(difference, comparison.pair_seeds)})."
     )
 
 

@@ -606,6 +606,21 @@ def test_background_factor_pairs_ignoring_its_own_key(tmp_path: Path) -> None:
     assert paired_differences(trials, factor, "val/psnr_fg").tolist() == [3.0, 3.0]
 
 
+def test_pairs_within_a_seed_are_counted_as_pairs_not_seeds(tmp_path: Path) -> None:
+    """A 2 x 2 grid over 2 seeds: each factor has 4 pairs from 2 seeds; the sentence says so."""
+    study_dir = write_study(tmp_path)
+    weight = "training.losses.background_loss_weight"
+    for seed in (1, 2):
+        for w, gain in ((0.0, 0.0), (0.1, 0.5)):
+            add_finished(study_dir, f"r{seed}{int(w * 10)}_00000", seed, False, 20.0 + seed + gain, **{weight: w})
+            add_finished(study_dir, f"m{seed}{int(w * 10)}_00000", seed, True, 22.0 + seed + gain, **{weight: w})
+    trials, _ = load_tables(study_dir)
+    dataset = next(c for c in compare_all(trials, "val/psnr_fg", "max") if c.factor is DATASET_TYPE)
+    objective = next(m for m in dataset.metrics if m.metric == "val/psnr_fg")
+    assert (objective.paired.n, objective.pair_seeds) == (4, 2)
+    assert dataset.sentence.endswith("4 pairs over 2 seeds (paired).") and "2.00 dB" in dataset.sentence
+
+
 # ---------------------------------------------------------------- report, plots, CLI
 
 
