@@ -38,6 +38,7 @@ from trainables.gslrm.config import (
 from trainables.ray_trainable import TrialSettings, run_trial, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CHECKPOINTS_KEPT = 2  # per trial in runs/<trial>/checkpoints (a --set may change it)
 
 
 class StudyError(RuntimeError):
@@ -63,7 +64,9 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     """Validate the study, config overrides and folders; return the resolved plan."""
     spec = get_study(args.name)
     base_config = resolve_path(spec.smoke.base_config if args.smoke else spec.base_config)
-    overrides: dict[str, Any] = dict(spec.fixed)
+    # Each trial's run folder keeps its newest checkpoints only: Ray Train keeps the best and the
+    # latest in train/, and a sweep of full-size trials would otherwise fill the disk (1.2 GB each).
+    overrides: dict[str, Any] = {"training.checkpointing.keep_last": LOCAL_CHECKPOINTS_KEPT, **spec.fixed}
     if args.smoke:
         overrides.update(spec.smoke.overrides)
     overrides.update(dict(parse_override(text) for text in args.set))

@@ -131,6 +131,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     # report infers its status from its results); nothing errors
     assert len(trials) == 3 and set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
+    assert (trials["training.checkpointing.keep_last"] == 2).all()  # the study's default for run folders
     for folder in trial_folders(study_dir):
         # metrics came from a Ray Train worker group: its attempt log and Train-reported checkpoints
         trial_id = json.loads((folder / "result.json").read_text().splitlines()[0])["trial_id"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from trainables.gslrm.checkpoint import read_checkpoint
 from trainables.gslrm.config import load_config
 from trainables.gslrm.data.dataset import MultiViewDataset
 from trainables.gslrm.data.synthetic import generate_dataset
@@ -91,6 +92,16 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, data):
     straight, resumed = losses("straight"), losses("interrupted")
     for step in (3, 4):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
+
+
+def test_run_folder_keeps_only_the_newest_checkpoints(tmp_path, data):
+    reported = []
+    config = tiny(data, "validation.val_every=1", "training.checkpointing.checkpoint_every=1",
+                  "training.checkpointing.keep_last=2")
+    train(config, tmp_path / "run", Hooks(report=lambda metrics, checkpoint: reported.append(checkpoint.name)))
+    assert reported == [f"ckpt_{step:016d}.pt" for step in (1, 2, 3, 4)]  # every one was handed on
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == reported[-2:]
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / reported[-1])["fwdbwd_pass_step"] == 4
 
 
 def test_non_finite_loss_stops_with_diverged_error(tmp_path, data):

@@ -167,6 +167,20 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return path
 
 
+def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` ckpt_*.pt files in folder (0 keeps every one).
+
+    Called right after a checkpoint was written whole, so the newest kept file is readable.
+    Returns the deleted paths.
+    """
+    if keep_last <= 0:
+        return []
+    older = sorted(Path(folder).glob("ckpt_*.pt"), reverse=True)[keep_last:]
+    for path in older:
+        path.unlink(missing_ok=True)
+    return older
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """Newest readable ckpt_*.pt in folder (a truncated newest file falls back to the one before)."""
     folder = Path(folder)

@@ -150,6 +150,7 @@ class CheckpointingConfig:
     resume_ckpt: str = ""  # FaceLift-format or our checkpoint to start from
     reset_training_state: bool = True  # with resume_ckpt: load weights only
     checkpoint_every: int = 1000
+    keep_last: int = 0  # (ours) keep only the newest k checkpoints in the run folder; 0 = all (FaceLift)
 
 
 @dataclass
@@ -414,6 +415,7 @@ def validate(config: TrainerConfig) -> None:
     _check(rt.grad_checkpoint_every >= 0, "training.runtime.grad_checkpoint_every", "must be >= 0")
     _check(config.training.checkpointing.checkpoint_every >= 1,
            "training.checkpointing.checkpoint_every", "must be >= 1")
+    _check(config.training.checkpointing.keep_last >= 0, "training.checkpointing.keep_last", "must be >= 0")
     _check(config.training.logging.wandb.mode in ("offline", "online", "disabled"),
            "training.logging.wandb.mode", "must be offline, online or disabled")
     _check(config.training.logging.wandb.log_every >= 1, "training.logging.wandb.log_every", "must be >= 1")

@@ -36,6 +36,7 @@ from trainables.gslrm.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_weights,
+    prune_checkpoints,
     save_checkpoint,
 )
 from trainables.gslrm.config import (
@@ -346,6 +347,7 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                     if hooks.is_main and (due or step == schedule.max_steps):
                         checkpoint = save_checkpoint(ckpt_dir / checkpoint_name(step), plain_model, optimizer,
                                                      scheduler, step)
+                        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last)
                         last_ckpt_step = step
                     hooks.report({**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {},
                                  checkpoint)
