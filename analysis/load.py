@@ -151,17 +151,23 @@ def read_trial(folder: Path) -> TrialFiles:
     )
 
 
-def find_trial_folders(study_dir: Path) -> list[Path]:
-    """Trial folders are the ones holding a params.json (Ray names them) in the study's Tune folder.
+def tune_folders(study_dir: Path) -> list[Path]:
+    """The study's Tune experiment folder: the `tune_dir` study.json records.
 
-    That folder is the `tune_dir` study.json names; a start that died before Tune saved its state
-    can leave another tune-<id>/ behind, and its trials are not part of the study. Study folders
-    without the record (older layouts, hand-made fixtures) use every tune*/ folder.
+    A start that died before Tune saved its state can leave another tune-<id>/ behind; it is not
+    part of the study. Study folders without the record (older layouts, hand-made fixtures) use
+    every tune*/ folder.
     """
     study_dir = Path(study_dir)
     recorded = (read_json_object(study_dir / "study.json") or {}).get("tune_dir")
-    pattern = f"{recorded}/*/params.json" if isinstance(recorded, str) and recorded else "tune*/*/params.json"
-    return sorted(p.parent for p in study_dir.glob(pattern))
+    if isinstance(recorded, str) and recorded:
+        return [study_dir / recorded]
+    return sorted(p for p in study_dir.glob("tune*") if p.is_dir())
+
+
+def find_trial_folders(study_dir: Path) -> list[Path]:
+    """Trial folders are the ones holding a params.json (Ray names them) in the study's Tune folder."""
+    return sorted(p.parent for folder in tune_folders(study_dir) for p in folder.glob("*/params.json"))
 
 
 def read_trials(study_dir: Path) -> list[TrialFiles]:

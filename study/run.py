@@ -104,8 +104,10 @@ def check_writable(folder: Path) -> None:
 
 def find_tune_dir(study_dir: Path) -> Path | None:
     """The study's Tune experiment folder, if an earlier run left one with state in it."""
-    states = sorted(study_dir.glob("tune*/experiment_state*.json"))
-    return states[0].parent if states else None
+    from analysis.load import tune_folders
+
+    with_state = [f for f in tune_folders(study_dir) if any(f.glob("experiment_state*.json"))]
+    return with_state[0] if with_state else None
 
 
 def check_resume_state(study_dir: Path, resume: bool) -> Path | None:
