@@ -167,7 +167,9 @@ def tune_folders(study_dir: Path) -> list[Path]:
 
 def find_trial_folders(study_dir: Path) -> list[Path]:
     """Trial folders are the ones holding a params.json (Ray names them) in the study's Tune folder."""
-    return sorted(p.parent for folder in tune_folders(study_dir) for p in folder.glob("*/params.json"))
+    return sorted(
+        p.parent for folder in tune_folders(study_dir) for p in folder.glob("*/params.json")
+    )
 
 
 def read_trials(study_dir: Path) -> list[TrialFiles]:

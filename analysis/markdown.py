@@ -27,7 +27,9 @@ def cell(value: Any, decimals: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        if value != 0 and abs(value) < 10 ** -decimals:  # e.g. learning rates: keep 3 significant digits
+        if (
+            value != 0 and abs(value) < 10**-decimals
+        ):  # e.g. learning rates: keep 3 significant digits
             return f"{value:.3g}"
         return f"{value:.{decimals}f}"
     text = str(value).replace("|", "\\|").replace("\n", " ")

@@ -25,12 +25,19 @@ from trainables.gslrm.model import GSLRM, count_parameters  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep", help="write the checkpoint here instead of a temp folder")
     args = parser.parse_args()
     model = GSLRM(ModelConfig())
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state.update({f"loss_calculator.perceptual_loss_module.net.{i}.weight": torch.zeros(64) for i in range(32)})
+    state.update(
+        {
+            f"loss_calculator.perceptual_loss_module.net.{i}.weight": torch.zeros(64)
+            for i in range(32)
+        }
+    )
     path = Path(args.keep) if args.keep else Path(tempfile.mkdtemp()) / "ckpt_0000000000021125.pt"
     torch.save({"model": state, "fwdbwd_pass_step": 21125, "param_update_step": 21125}, path)
     size_gb = path.stat().st_size / 1e9
@@ -43,7 +50,9 @@ def main() -> None:
     report, _ = load_weights(fresh, path)
     load_s = time.perf_counter() - start
     print(f"parameters {count_parameters(fresh):,}; file {size_gb:.2f} GB")
-    print(f"torch.load(weights_only=True): {read_s:.1f} s; full strict load_weights: {load_s:.1f} s")
+    print(
+        f"torch.load(weights_only=True): {read_s:.1f} s; full strict load_weights: {load_s:.1f} s"
+    )
     print(report)
 
 

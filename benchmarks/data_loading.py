@@ -48,8 +48,14 @@ SOURCE_SIZE = 512
 
 def build_dataset(root: Path, samples: int, unique: int, seed: int) -> Path:
     """A list file of `samples` sample folders of 512 px PNGs (copies of `unique` rendered ones)."""
-    summary = generate_dataset(root / "rendered", samples=unique, size=SOURCE_SIZE, rig="mouse6",
-                               seed=seed, val_fraction=0.0)
+    summary = generate_dataset(
+        root / "rendered",
+        samples=unique,
+        size=SOURCE_SIZE,
+        rig="mouse6",
+        seed=seed,
+        val_fraction=0.0,
+    )
     rendered = read_list_file(summary["train_list"])
     entries = []
     for k in range(samples):
@@ -77,15 +83,18 @@ def plain_items_per_second(list_file: Path, size: int, passes: int) -> float:
 
 
 def make_config(size: int, cache_dir: Path) -> TrainerConfig:
-    return apply_overrides(TrainerConfig(), {
-        "model.image_tokenizer.image_size": size,
-        "model.gaussians.downsample": 1,
-        "training.dataset.num_views": 6,
-        "training.dataset.num_input_views": 5,
-        "training.dataset.target_has_input": True,
-        "training.dataset.cache_dir": str(cache_dir),
-        "mouse.use_mouse_dataset": True,
-    })
+    return apply_overrides(
+        TrainerConfig(),
+        {
+            "model.image_tokenizer.image_size": size,
+            "model.gaussians.downsample": 1,
+            "training.dataset.num_views": 6,
+            "training.dataset.num_input_views": 5,
+            "training.dataset.target_has_input": True,
+            "training.dataset.cache_dir": str(cache_dir),
+            "mouse.use_mouse_dataset": True,
+        },
+    )
 
 
 def timed_pass(loader: DataLoader) -> float:
@@ -94,14 +103,16 @@ def timed_pass(loader: DataLoader) -> float:
     return count / (time.perf_counter() - start)
 
 
-def loader_items_per_second(list_file: Path, size: int, workers: int, cache_dir: Path,
-                            warm_passes: int) -> tuple[float, float]:
+def loader_items_per_second(
+    list_file: Path, size: int, workers: int, cache_dir: Path, warm_passes: int
+) -> tuple[float, float]:
     """(cold, warm) items/s for one DataLoader; warm is the best of `warm_passes` passes."""
     shutil.rmtree(cache_dir, ignore_errors=True)
     ds = MultiViewDataset(list_file, make_config(size, cache_dir))
     # persistent workers: the warm passes then measure loading, not process start-up
-    loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        ds, batch_size=1, shuffle=False, num_workers=workers, persistent_workers=workers > 0
+    )
     cold = timed_pass(loader)
     warm = max(timed_pass(loader) for _ in range(warm_passes))
     return cold, warm
@@ -143,7 +154,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--warm-passes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", type=Path, default=None, help="build the dataset here and keep it")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="build the dataset here and keep it"
+    )
     return parser.parse_args(argv)
 
 
@@ -155,40 +168,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         start = time.perf_counter()
         list_file = build_dataset(root, args.samples, min(args.unique, args.samples), args.seed)
-        print(f"dataset: {args.samples} samples x 6 views of {SOURCE_SIZE} px RGBA PNG "
-              f"({min(args.unique, args.samples)} rendered, built in {time.perf_counter() - start:.1f} s), "
-              f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+        print(
+            f"dataset: {args.samples} samples x 6 views of {SOURCE_SIZE} px RGBA PNG "
+            f"({min(args.unique, args.samples)} rendered, built in {time.perf_counter() - start:.1f} s), "
+            f"{os.cpu_count()} CPUs, torch {torch.__version__}"
+        )
         target = REFERENCE_ITEMS_PER_CORE * TARGET_FACTOR
         rows = []
         for size in args.sizes:
             plain = plain_items_per_second(list_file, size, args.warm_passes)
             rows.append((size, "plain decode+resize (no cache)", 1, plain, None))
             for workers in args.workers:
-                cold, warm = loader_items_per_second(list_file, size, workers, root / "cache",
-                                                     args.warm_passes)
-                rows.append((size, f"DataLoader num_workers={workers}", max(1, workers), cold, warm))
+                cold, warm = loader_items_per_second(
+                    list_file, size, workers, root / "cache", args.warm_passes
+                )
+                rows.append(
+                    (size, f"DataLoader num_workers={workers}", max(1, workers), cold, warm)
+                )
 
-        print(f"\nreference: FaceLift loader ~{REFERENCE_ITEMS_PER_CORE:.0f} items/s per core "
-              f"(6 x {SOURCE_SIZE} px decode + LANCZOS); goal >= {target:.0f} items/s per core at 256 px\n")
+        print(
+            f"\nreference: FaceLift loader ~{REFERENCE_ITEMS_PER_CORE:.0f} items/s per core "
+            f"(6 x {SOURCE_SIZE} px decode + LANCZOS); goal >= {target:.0f} items/s per core at 256 px\n"
+        )
         header = f"{'px':>4}  {'loader':<32} {'cold it/s':>9} {'/core':>7} {'warm it/s':>9} {'/core':>7} {'warm/ref':>8}"
         print(header)
         print("-" * len(header))
         for size, name, cores, cold, warm in rows:
             if warm is None:
-                print(f"{size:>4}  {name:<32} {cold:>9.1f} {cold / cores:>7.1f} {'-':>9} {'-':>7} "
-                      f"{cold / cores / REFERENCE_ITEMS_PER_CORE:>7.1f}x")
+                print(
+                    f"{size:>4}  {name:<32} {cold:>9.1f} {cold / cores:>7.1f} {'-':>9} {'-':>7} "
+                    f"{cold / cores / REFERENCE_ITEMS_PER_CORE:>7.1f}x"
+                )
             else:
-                print(f"{size:>4}  {name:<32} {cold:>9.1f} {cold / cores:>7.1f} {warm:>9.1f} "
-                      f"{warm / cores:>7.1f} {warm / cores / REFERENCE_ITEMS_PER_CORE:>7.1f}x")
+                print(
+                    f"{size:>4}  {name:<32} {cold:>9.1f} {cold / cores:>7.1f} {warm:>9.1f} "
+                    f"{warm / cores:>7.1f} {warm / cores / REFERENCE_ITEMS_PER_CORE:>7.1f}x"
+                )
 
         loads, decodes = views_per_item(list_file, args.sizes[-1], root / "cache")
-        print(f"\nper item, cold, num_workers=0 at {args.sizes[-1]} px: {loads:.0f} load_view calls, "
-              f"{decodes:.0f} PNG decodes (6 views; targets repeat the 5 inputs)")
+        print(
+            f"\nper item, cold, num_workers=0 at {args.sizes[-1]} px: {loads:.0f} load_view calls, "
+            f"{decodes:.0f} PNG decodes (6 views; targets repeat the 5 inputs)"
+        )
         warm_at = {(size, name): warm for size, name, _, _, warm in rows if warm is not None}
         best = warm_at.get((256, "DataLoader num_workers=0"))
         if best is not None:
             verdict = "meets" if best >= target else "MISSES"
-            print(f"warm, one core, 256 px: {best:.1f} items/s -> {verdict} the {target:.0f} items/s goal")
+            print(
+                f"warm, one core, 256 px: {best:.1f} items/s -> {verdict} the {target:.0f} items/s goal"
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -29,26 +29,40 @@ def timing(metrics_file: Path, launched: float) -> dict[str, float]:
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     times = [(r["step"], r["metrics/time"]) for r in rows if "metrics/time" in r]
     (first_step, first_t), (last_step, last_t) = times[0], times[-1]
-    return {"first_step_s": first_t - launched, "steps_per_s": (last_step - first_step) / (last_t - first_t),
-            "wall_s": last_t - launched}
+    return {
+        "first_step_s": first_t - launched,
+        "steps_per_s": (last_step - first_step) / (last_t - first_t),
+        "wall_s": last_t - launched,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/smoke.yaml")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0,
-                        help="CPUs the Train worker reserves (Ray sets its torch threads to match)")
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs the Train worker reserves (Ray sets its torch threads to match)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ray_overhead_"))
     base = load_config(args.config, args.set)
-    info = generate_dataset(work / "data", samples=16, size=base.model.image_tokenizer.image_size, seed=0)
+    info = generate_dataset(
+        work / "data", samples=16, size=base.model.image_tokenizer.image_size, seed=0
+    )
     overrides = {
-        "training.dataset.dataset_path": info["train_list"], "validation.dataset_path": info["val_list"],
-        "training.schedule.max_steps": args.steps, "validation.val_every": args.steps,
-        "training.checkpointing.checkpoint_every": args.steps, "training.logging.wandb.log_every": 1,
+        "training.dataset.dataset_path": info["train_list"],
+        "validation.dataset_path": info["val_list"],
+        "training.schedule.max_steps": args.steps,
+        "validation.val_every": args.steps,
+        "training.checkpointing.checkpoint_every": args.steps,
+        "training.logging.wandb.log_every": 1,
         "training.logging.wandb.mode": "disabled",
     }
     config = load_config(args.config, [*args.set, *(f"{k}={v}" for k, v in overrides.items())])
@@ -62,28 +76,50 @@ def main() -> None:
     from ray import tune
 
     use_gpu = bool(__import__("torch").cuda.is_available())
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", resources={"trial_slot": 1}, log_to_driver=False)
-    settings = TrialSettings(study="overhead", study_dir=str(work / "study"), tune_dir=str(work / "study" / "tune"),
-                             base_config=str(Path(args.config).resolve()),
-                             overrides={**dict(parse_override(s) for s in args.set), **overrides},
-                             use_gpu=use_gpu, gpus_per_worker=1.0 if use_gpu else 0.0,
-                             cpus_per_worker=args.cpus_per_worker)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), {"trial_slot": 1, "CPU": 0})
-    tuner = tune.Tuner(trainable, param_space={}, tune_config=tune.TuneConfig(num_samples=1),
-                       run_config=tune.RunConfig(name="tune", storage_path=str(work / "study"), verbose=0))
+    ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        resources={"trial_slot": 1},
+        log_to_driver=False,
+    )
+    settings = TrialSettings(
+        study="overhead",
+        study_dir=str(work / "study"),
+        tune_dir=str(work / "study" / "tune"),
+        base_config=str(Path(args.config).resolve()),
+        overrides={**dict(parse_override(s) for s in args.set), **overrides},
+        use_gpu=use_gpu,
+        gpus_per_worker=1.0 if use_gpu else 0.0,
+        cpus_per_worker=args.cpus_per_worker,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, settings=settings), {"trial_slot": 1, "CPU": 0}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(name="tune", storage_path=str(work / "study"), verbose=0),
+    )
     launched = time.time()
     tuner.fit()
     (metrics_file,) = (work / "study" / "runs").glob("*/metrics.jsonl")
     through_ray = timing(metrics_file, launched)
     ray.shutdown()
 
-    print(f"config: {args.config} {' '.join(args.set)}; {args.steps} steps; device {'cuda' if use_gpu else 'cpu'}")
+    print(
+        f"config: {args.config} {' '.join(args.set)}; {args.steps} steps; device {'cuda' if use_gpu else 'cpu'}"
+    )
     print(f"{'path':<22}{'to first step (s)':>20}{'steps/s':>10}{'wall (s)':>10}")
     for name, t in (("plain loop", plain), ("Tune + TorchTrainer", through_ray)):
         print(f"{name:<22}{t['first_step_s']:>20.1f}{t['steps_per_s']:>10.2f}{t['wall_s']:>10.1f}")
-    print(f"steady-state throughput ratio (Ray / plain): {through_ray['steps_per_s'] / plain['steps_per_s']:.3f}")
-    print(f"wall-time ratio (Ray / plain): {through_ray['wall_s'] / plain['wall_s']:.2f}; "
-          f"extra start-up through Ray: {through_ray['first_step_s'] - plain['first_step_s']:.1f} s")
+    print(
+        f"steady-state throughput ratio (Ray / plain): {through_ray['steps_per_s'] / plain['steps_per_s']:.3f}"
+    )
+    print(
+        f"wall-time ratio (Ray / plain): {through_ray['wall_s'] / plain['wall_s']:.2f}; "
+        f"extra start-up through Ray: {through_ray['first_step_s'] - plain['first_step_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

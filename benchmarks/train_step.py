@@ -60,7 +60,9 @@ def measured_peak_flops(device: torch.device) -> tuple[float, str]:
     for _ in range(reps):
         a @ b
     sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start), f"{n}x{n} {str(dtype).split('.')[-1]} matmul"
+    return 2 * n**3 * reps / (
+        time.perf_counter() - start
+    ), f"{n}x{n} {str(dtype).split('.')[-1]} matmul"
 
 
 def sync(device: torch.device) -> None:
@@ -69,7 +71,9 @@ def sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/smoke.yaml")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=3)
@@ -82,10 +86,15 @@ def main() -> None:
     size = config.model.image_tokenizer.image_size
     data_dir = Path(tempfile.mkdtemp(prefix="bench_data_"))
     info = generate_dataset(data_dir, samples=16, size=size, rig="mouse6", seed=0, val_fraction=0.0)
-    loader = DataLoader(MultiViewDataset(info["train_list"], config),
-                        batch_size=config.training.dataloader.batch_size_per_gpu, shuffle=True,
-                        num_workers=config.training.dataloader.num_workers, drop_last=True,
-                        pin_memory=device.type == "cuda", persistent_workers=config.training.dataloader.num_workers > 0)
+    loader = DataLoader(
+        MultiViewDataset(info["train_list"], config),
+        batch_size=config.training.dataloader.batch_size_per_gpu,
+        shuffle=True,
+        num_workers=config.training.dataloader.num_workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.training.dataloader.num_workers > 0,
+    )
     model = GSLRM(config.model, config.training.runtime.grad_checkpoint_every).to(device)
     if args.compile:
         model = torch.compile(model)
@@ -145,35 +154,57 @@ def main() -> None:
     def transformer_only() -> None:
         with autocast():
             g = model(batch["input_images"], cams_in)
-        (g.means.sum() + g.colors.sum() + g.opacities.sum() + g.scales.sum() + g.quats.sum()).backward()
+        (
+            g.means.sum() + g.colors.sum() + g.opacities.sum() + g.scales.sum() + g.quats.sum()
+        ).backward()
 
     with torch.no_grad(), autocast():
         g = model(batch["input_images"], cams_in)
-    leaves = [t.detach().float().requires_grad_() for t in (g.means, g.scales, g.quats, g.opacities, g.colors)]
+    leaves = [
+        t.detach().float().requires_grad_()
+        for t in (g.means, g.scales, g.quats, g.opacities, g.colors)
+    ]
 
     def renderer_only() -> None:
         gs = type(g)(*leaves)
         h, w = batch["target_images"].shape[-2:]
-        rgb, alpha = render(gs, cams_out, h, w, batch["background"], backend=config.model.renderer.backend,
-                            near_plane=config.model.renderer.near_plane)
+        rgb, alpha = render(
+            gs,
+            cams_out,
+            h,
+            w,
+            batch["background"],
+            backend=config.model.renderer.backend,
+            near_plane=config.model.renderer.near_plane,
+        )
         (rgb.mean() + alpha.mean()).backward()
 
     transformer_s, renderer_s = time_it(transformer_only), time_it(renderer_only)
     peak, peak_how = measured_peak_flops(device)
     flops = transformer_flops_per_step(config, config.training.dataloader.batch_size_per_gpu)
     batch_size = config.training.dataloader.batch_size_per_gpu
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"device: {name}; torch {torch.__version__}")
-    print(f"config: {args.config} {' '.join(args.set)}; parameters {count_parameters(model):,}; "
-          f"batch {batch_size}; gaussians/sample {config.model.gaussians.n_gaussians + config.training.dataset.num_input_views * (size // config.model.gaussians.downsample) ** 2:,}")
-    print(f"steps/s          {1 / step_s:8.2f}   ({step_s * 1000:.1f} ms/step over {args.steps} steps)")
+    print(
+        f"config: {args.config} {' '.join(args.set)}; parameters {count_parameters(model):,}; "
+        f"batch {batch_size}; gaussians/sample {config.model.gaussians.n_gaussians + config.training.dataset.num_input_views * (size // config.model.gaussians.downsample) ** 2:,}"
+    )
+    print(
+        f"steps/s          {1 / step_s:8.2f}   ({step_s * 1000:.1f} ms/step over {args.steps} steps)"
+    )
     print(f"samples/s        {batch_size / step_s:8.2f}")
     if device.type == "cuda":
         print(f"peak GPU memory  {torch.cuda.max_memory_allocated() / 2**30:8.2f} GiB")
     print(f"data wait        {100 * data_s / total:7.1f} % of step time")
     print(f"transformer f+b  {100 * transformer_s / step_s:7.1f} % ({transformer_s * 1000:.1f} ms)")
     print(f"renderer f+b     {100 * renderer_s / step_s:7.1f} % ({renderer_s * 1000:.1f} ms)")
-    print(f"transformer FLOPs/step {flops:.3e}; measured peak {peak / 1e12:.2f} TFLOP/s ({peak_how})")
+    print(
+        f"transformer FLOPs/step {flops:.3e}; measured peak {peak / 1e12:.2f} TFLOP/s ({peak_how})"
+    )
     print(f"MFU (transformer FLOPs / full step time / peak) {100 * flops / step_s / peak:6.1f} %")
 
 

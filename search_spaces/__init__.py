@@ -16,4 +16,12 @@ from search_spaces.space import (
     sample_keys,
 )
 
-__all__ = ["check_space", "SPACES", "Param", "SearchSpaceError", "define_by_run", "get_space", "sample_keys"]
+__all__ = [
+    "check_space",
+    "SPACES",
+    "Param",
+    "SearchSpaceError",
+    "define_by_run",
+    "get_space",
+    "sample_keys",
+]

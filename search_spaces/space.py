@@ -35,7 +35,8 @@ class Param:
 def _any_masked_loss(values: dict[str, Any]) -> bool:
     return bool(values.get("training.losses.masked_l2_loss")) or (
         bool(values.get("training.losses.masked_ssim_loss"))
-        and values.get("training.losses.ssim_loss_weight", 0.0) > 0)
+        and values.get("training.losses.ssim_loss_weight", 0.0) > 0
+    )
 
 
 def _ssim_on(values: dict[str, Any]) -> bool:
@@ -48,7 +49,9 @@ MOUSE_LOSS: list[Param] = [
     Param("training.losses.ssim_loss_weight", choices=[0.0, 0.25, 0.5, 1.0]),
     Param("training.losses.masked_ssim_loss", choices=[False, True], when=_ssim_on),
     Param("training.losses.mask_threshold", low=0.1, high=0.9, when=_any_masked_loss),
-    Param("training.losses.background_loss_weight", choices=[0.0, 0.03, 0.1, 0.3]),  # exactly 0 included
+    Param(
+        "training.losses.background_loss_weight", choices=[0.0, 0.03, 0.1, 0.3]
+    ),  # exactly 0 included
     Param("training.optimizer.lr", low=1e-5, high=1e-3, log=True),
 ]
 
@@ -69,9 +72,13 @@ def check_space(space: list[Param], config_keys: set[str]) -> None:
     """Every key must exist in the trainer config and none may be a forbidden (metric) key."""
     for param in space:
         if param.key in FORBIDDEN_KEYS:
-            raise SearchSpaceError(f"{param.key}: may not be searched (it is the metric's own threshold)")
+            raise SearchSpaceError(
+                f"{param.key}: may not be searched (it is the metric's own threshold)"
+            )
         if param.key not in config_keys:
-            raise SearchSpaceError(f"{param.key}: search space names a key the trainer config lacks")
+            raise SearchSpaceError(
+                f"{param.key}: search space names a key the trainer config lacks"
+            )
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,9 @@ class StudySpec:
     base_config: str = "configs/mouse_gslrm.yaml"
     space: str | None = None
     grid: dict[str, list[Any]] = field(default_factory=dict)
-    linked: dict[str, str] = field(default_factory=dict)  # follower key -> key whose value it copies
+    linked: dict[str, str] = field(
+        default_factory=dict
+    )  # follower key -> key whose value it copies
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
     objective: str = "val/psnr_fg"
     mode: str = "max"
@@ -72,7 +74,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="mouse_loss_sweep",
             description="Optuna TPE over dataset type, masked losses, mask threshold, SSIM and "
-                        "background weights and learning rate; ASHA stops weak trials.",
+            "background weights and learning rate; ASHA stops weak trials.",
             search="optuna",
             space="mouse_loss",
             fixed={"validation.mask_iou_threshold": 0.1},
@@ -84,7 +86,7 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="view_order_ablation",
             description="Does the fixed rig order beat random view order? Grid: random vs mouse "
-                        "x 3 seeds, best-known loss settings, no early stopping.",
+            "x 3 seeds, best-known loss settings, no early stopping.",
             search="grid",
             grid={"mouse.use_mouse_dataset": [False, True], SEED_KEY: [0, 1, 2]},
             fixed=dict(BEST_KNOWN_LOSSES),
@@ -95,14 +97,19 @@ STUDIES: dict[str, StudySpec] = {
         StudySpec(
             name="mask_loss_ablation",
             description="Do masked losses and a background loss prevent background collapse? Grid: "
-                        "masked L2+SSIM off/on x background weight 0/0.1 x 3 seeds.",
+            "masked L2+SSIM off/on x background weight 0/0.1 x 3 seeds.",
             search="grid",
-            grid={"training.losses.masked_l2_loss": [False, True],
-                  "training.losses.background_loss_weight": [0.0, 0.1],
-                  SEED_KEY: [0, 1, 2]},
+            grid={
+                "training.losses.masked_l2_loss": [False, True],
+                "training.losses.background_loss_weight": [0.0, 0.1],
+                SEED_KEY: [0, 1, 2],
+            },
             linked={"training.losses.masked_ssim_loss": "training.losses.masked_l2_loss"},
-            fixed={"mouse.use_mouse_dataset": True, "training.losses.ssim_loss_weight": 0.5,
-                   "validation.mask_iou_threshold": 0.1},
+            fixed={
+                "mouse.use_mouse_dataset": True,
+                "training.losses.ssim_loss_weight": 0.5,
+                "validation.mask_iou_threshold": 0.1,
+            },
             num_samples=1,
             scheduler="fifo",
             smoke=SmokePreset(overrides={**SMOKE_SCHEDULE}),
@@ -118,6 +125,8 @@ class UnknownStudyError(KeyError):
 
 def get_study(name: str) -> StudySpec:
     if name not in STUDIES:
-        raise UnknownStudyError(f"unknown study {name!r}; valid studies: {', '.join(sorted(STUDIES))} "
-                                "(python -m study.run --list describes them)")
+        raise UnknownStudyError(
+            f"unknown study {name!r}; valid studies: {', '.join(sorted(STUDIES))} "
+            "(python -m study.run --list describes them)"
+        )
     return STUDIES[name]

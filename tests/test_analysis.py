@@ -321,11 +321,19 @@ def test_only_the_recorded_tune_folder_holds_the_study(tmp_path: Path) -> None:
     study_dir = write_study(tmp_path)
     add_finished(study_dir, "a0001_00000", 1, True, 22.0)
     params = {"mouse.use_mouse_dataset": False, "training.runtime.seed": 1}
-    write_trial(study_dir, "dead1_00000", params, lines=curve_lines("dead1_00000", 5.0), tune_dir="tune-deadbeef")
+    write_trial(
+        study_dir,
+        "dead1_00000",
+        params,
+        lines=curve_lines("dead1_00000", 5.0),
+        tune_dir="tune-deadbeef",
+    )
     assert [t.summary["trial_id"] for t in read_trials(study_dir)] == ["a0001_00000"]
     # A study folder from before the record (one `tune/` folder) still reads.
     legacy = write_study(tmp_path / "legacy", tune_dir=None)
-    write_trial(legacy, "old01_00000", params, lines=curve_lines("old01_00000", 9.0), tune_dir="tune")
+    write_trial(
+        legacy, "old01_00000", params, lines=curve_lines("old01_00000", 9.0), tune_dir="tune"
+    )
     assert [t.folder for t in read_trials(legacy)] == ["train_fn_old01_00000_0_seed=1"]
 
 
@@ -612,13 +620,30 @@ def test_pairs_within_a_seed_are_counted_as_pairs_not_seeds(tmp_path: Path) -> N
     weight = "training.losses.background_loss_weight"
     for seed in (1, 2):
         for w, gain in ((0.0, 0.0), (0.1, 0.5)):
-            add_finished(study_dir, f"r{seed}{int(w * 10)}_00000", seed, False, 20.0 + seed + gain, **{weight: w})
-            add_finished(study_dir, f"m{seed}{int(w * 10)}_00000", seed, True, 22.0 + seed + gain, **{weight: w})
+            add_finished(
+                study_dir,
+                f"r{seed}{int(w * 10)}_00000",
+                seed,
+                False,
+                20.0 + seed + gain,
+                **{weight: w},
+            )
+            add_finished(
+                study_dir,
+                f"m{seed}{int(w * 10)}_00000",
+                seed,
+                True,
+                22.0 + seed + gain,
+                **{weight: w},
+            )
     trials, _ = load_tables(study_dir)
     dataset = next(c for c in compare_all(trials, "val/psnr_fg", "max") if c.factor is DATASET_TYPE)
     objective = next(m for m in dataset.metrics if m.metric == "val/psnr_fg")
     assert (objective.paired.n, objective.pair_seeds) == (4, 2)
-    assert dataset.sentence.endswith("4 pairs over 2 seeds (paired).") and "2.00 dB" in dataset.sentence
+    assert (
+        dataset.sentence.endswith("4 pairs over 2 seeds (paired).")
+        and "2.00 dB" in dataset.sentence
+    )
 
 
 # ---------------------------------------------------------------- report, plots, CLI
@@ -730,6 +755,10 @@ def test_factor_of_two_keys_has_a_level_only_where_they_agree():
     from analysis.factors import FACTORS
 
     factor = next(f for f in FACTORS if f.name == "masked_losses")
-    trials = pd.DataFrame({"training.losses.masked_l2_loss": [True, False, True, False],
-                           "training.losses.masked_ssim_loss": [True, False, False, True]})
+    trials = pd.DataFrame(
+        {
+            "training.losses.masked_l2_loss": [True, False, True, False],
+            "training.losses.masked_ssim_loss": [True, False, False, True],
+        }
+    )
     assert list(level_labels(trials, factor)) == ["on", "off", None, None]

@@ -32,9 +32,13 @@ from trainables.gslrm.model import GSLRM
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120
-TINY_MODEL = {"model": {"image_tokenizer": {"image_size": 16, "patch_size": 8},
-                        "transformer": {"d": 32, "d_head": 16, "n_layer": 1},
-                        "gaussians": {"n_gaussians": 2, "downsample": 1}}}
+TINY_MODEL = {
+    "model": {
+        "image_tokenizer": {"image_size": 16, "patch_size": 8},
+        "transformer": {"d": 32, "d_head": 16, "n_layer": 1},
+        "gaussians": {"n_gaussians": 2, "downsample": 1},
+    }
+}
 
 
 def tiny_model_config() -> ModelConfig:
@@ -42,24 +46,36 @@ def tiny_model_config() -> ModelConfig:
 
 
 def subprocess_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])))
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+    )
 
 
 def start_and_kill_when(script: str, args: list[str], ready: str, check_before_kill=None) -> str:
     """Run `script`; when it prints `ready`, optionally inspect, then SIGKILL it. Returns its output."""
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = []
     try:
         while True:
             readable, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT_S)
             if not readable:
-                pytest.fail(f"no {ready!r} from the writer within {READY_TIMEOUT_S} s:\n{''.join(output)}")
+                pytest.fail(
+                    f"no {ready!r} from the writer within {READY_TIMEOUT_S} s:\n{''.join(output)}"
+                )
             line = proc.stdout.readline()
             if not line:
                 proc.wait()
-                pytest.fail(f"writer exited ({proc.returncode}) before {ready!r}:\n{''.join(output)}")
+                pytest.fail(
+                    f"writer exited ({proc.returncode}) before {ready!r}:\n{''.join(output)}"
+                )
             output.append(line)
             if line.strip() == ready:
                 break
@@ -127,9 +143,13 @@ def test_killed_checkpoint_save_leaves_previous_file(tmp_path: Path) -> None:
         temps = [p for p in folder.iterdir() if p != path]
         assert temps, "the second save wrote nothing beside the checkpoint"
         assert all(p.stat().st_size > 0 for p in temps)
-        assert path.read_bytes() == original, "the checkpoint changed while the new one was half written"
+        assert path.read_bytes() == original, (
+            "the checkpoint changed while the new one was half written"
+        )
 
-    output = start_and_kill_when(HALF_SAVE, [str(path), json.dumps(TINY_MODEL)], "HALF_WRITTEN", mid_write)
+    output = start_and_kill_when(
+        HALF_SAVE, [str(path), json.dumps(TINY_MODEL)], "HALF_WRITTEN", mid_write
+    )
     assert "SAVE_RETURNED" not in output
 
     assert path.read_bytes() == original
@@ -184,7 +204,9 @@ SLOW_REPORT = textwrap.dedent("""
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -206,7 +228,9 @@ def test_killed_report_leaves_previous_report(reported_study: Path) -> None:
         (building,) = reported_study.glob(f"{TEMP_PREFIX}*")
         new_trials = building / "trials.parquet"
         assert new_trials.is_file(), "the new tables should be built before the plots"
-        assert new_trials.read_bytes() != before["trials.parquet"], "the rewrite would not change anything"
+        assert new_trials.read_bytes() != before["trials.parquet"], (
+            "the rewrite would not change anything"
+        )
         assert snapshot(report) == before
 
     output = start_and_kill_when(SLOW_REPORT, [str(reported_study)], "IN_PLOT", mid_report)

@@ -60,7 +60,9 @@ def env_for_subprocess() -> dict[str, str]:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under folder (relative path -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def assert_one_clear_error(stderr: str, *names: str) -> None:
@@ -77,8 +79,14 @@ def assert_one_clear_error(stderr: str, *names: str) -> None:
 
 def run_study(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", STUDY_GUARD, *args], cwd=cwd, env=env_for_subprocess(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", STUDY_GUARD, *args],
+        cwd=cwd,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     result.elapsed = time.perf_counter() - start  # type: ignore[attr-defined]
     return result
 
@@ -89,7 +97,9 @@ def storage(tmp_path: Path) -> Path:
     folder = tmp_path / "studies"
     other = folder / "view_order_ablation"
     (other / "tune").mkdir(parents=True)
-    (other / "study.json").write_text(json.dumps({"study": "view_order_ablation", "objective": "val/psnr_fg"}))
+    (other / "study.json").write_text(
+        json.dumps({"study": "view_order_ablation", "objective": "val/psnr_fg"})
+    )
     (other / "tune" / "experiment_state-2025.json").write_text("{}")
     (other / "report").mkdir()
     (other / "report" / "report.md").write_text("# earlier report\n")
@@ -116,27 +126,47 @@ STUDY_CASES: dict[str, Callable[[Path, Path], tuple[list[str], list[str]]]] = {
     # name -> (tmp_path, storage) -> (extra argv, strings the error must contain)
     "unknown_study": lambda tmp, st: (
         ["mouse_sweep_typo", "--storage", str(st)],
-        ["mouse_sweep_typo", "mouse_loss_sweep", "view_order_ablation", "mask_loss_ablation"]),
+        ["mouse_sweep_typo", "mouse_loss_sweep", "view_order_ablation", "mask_loss_ablation"],
+    ),
     "unknown_set_key": lambda tmp, st: (
-        ["mouse_loss_sweep", "--smoke", "--storage", str(st), "--set", "training.optimizer.lrr=0.1"],
-        ["training.optimizer.lrr"]),
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(st),
+            "--set",
+            "training.optimizer.lrr=0.1",
+        ],
+        ["training.optimizer.lrr"],
+    ),
     "mistyped_value": lambda tmp, st: (
         ["mouse_loss_sweep", "--smoke", "--storage", str(st), "--set", "training.optimizer.lr=abc"],
-        ["training.optimizer.lr", "abc"]),
+        ["training.optimizer.lr", "abc"],
+    ),
     "set_without_value": lambda tmp, st: (
         ["mouse_loss_sweep", "--smoke", "--storage", str(st), "--set", "training.optimizer.lr"],
-        ["training.optimizer.lr", "KEY=VALUE"]),
+        ["training.optimizer.lr", "KEY=VALUE"],
+    ),
     "storage_under_a_file": lambda tmp, st: storage_under_file(tmp),
     "resume_of_nothing": lambda tmp, st: (
         ["mouse_loss_sweep", "--smoke", "--storage", str(st), "--resume"],
-        [str(st / "mouse_loss_sweep"), "resume"]),
+        [str(st / "mouse_loss_sweep"), "resume"],
+    ),
     "dataset_missing": lambda tmp, st: (
-        ["mouse_loss_sweep", "--smoke", "--storage", str(st),
-         "--set", "training.dataset.dataset_path=/nonexistent/list.txt"],
-        ["training.dataset.dataset_path", "/nonexistent/list.txt"]),
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(st),
+            "--set",
+            "training.dataset.dataset_path=/nonexistent/list.txt",
+        ],
+        ["training.dataset.dataset_path", "/nonexistent/list.txt"],
+    ),
     "bad_address": lambda tmp, st: (
         ["mouse_loss_sweep", "--smoke", "--storage", str(st), "--address", "no-port-here"],
-        ["--address", "no-port-here"]),
+        ["--address", "no-port-here"],
+    ),
 }
 
 
@@ -149,7 +179,9 @@ def test_study_run_refuses_bad_input_before_ray(tmp_path: Path, storage: Path, c
     after = snapshot(storage)
     assert after == before, "a refused study changed the storage folder"
     assert not (tmp_path / "studies" / "mouse_loss_sweep").exists()
-    assert not (tmp_path / "studies" / "_data").exists(), "data generated before the input was checked"
+    assert not (tmp_path / "studies" / "_data").exists(), (
+        "data generated before the input was checked"
+    )
 
 
 def test_second_driver_on_a_running_study_stops(tmp_path: Path, storage: Path) -> None:
@@ -161,13 +193,31 @@ def test_second_driver_on_a_running_study_stops(tmp_path: Path, storage: Path) -
     with open(storage / ".mouse_loss_sweep.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         before = snapshot(storage)
-        result = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage),
-                            "--set", f"training.dataset.dataset_path={data_list}"], cwd=tmp_path)
+        result = run_study(
+            [
+                "mouse_loss_sweep",
+                "--smoke",
+                "--storage",
+                str(storage),
+                "--set",
+                f"training.dataset.dataset_path={data_list}",
+            ],
+            cwd=tmp_path,
+        )
         check_study_failure(result, "mouse_loss_sweep", "already running", "--storage")
         assert snapshot(storage) == before
     # Once the holder is gone, the same command gets past the lock (and reaches the stubbed ray.init).
-    result = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage),
-                        "--set", f"training.dataset.dataset_path={data_list}"], cwd=tmp_path)
+    result = run_study(
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(storage),
+            "--set",
+            f"training.dataset.dataset_path={data_list}",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == GUARD_EXIT, result.stdout + result.stderr
 
 
@@ -183,9 +233,13 @@ def test_study_run_refuses_unwritable_storage(tmp_path: Path) -> None:
             pass
         else:
             probe.rmdir()
-            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod 0o500 does not stop writes; "
-                        "test_study_run_refuses_bad_input_before_ray[storage_under_a_file] covers this")
-        result = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(locked / "studies")], cwd=tmp_path)
+            pytest.skip(
+                "running as root (or with CAP_DAC_OVERRIDE): chmod 0o500 does not stop writes; "
+                "test_study_run_refuses_bad_input_before_ray[storage_under_a_file] covers this"
+            )
+        result = run_study(
+            ["mouse_loss_sweep", "--smoke", "--storage", str(locked / "studies")], cwd=tmp_path
+        )
         check_study_failure(result, str(locked / "studies"), "not writable")
         assert list(locked.iterdir()) == []
     finally:
@@ -194,9 +248,21 @@ def test_study_run_refuses_unwritable_storage(tmp_path: Path) -> None:
 
 def test_study_run_real_cli_unknown_study(tmp_path: Path) -> None:
     """The unguarded `python -m study.run` (an unknown name cannot reach Ray)."""
-    result = subprocess.run([sys.executable, "-m", "study.run", "mouse_sweep_typo", "--storage",
-                             str(tmp_path / "studies")], cwd=REPO, env=env_for_subprocess(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "study.run",
+            "mouse_sweep_typo",
+            "--storage",
+            str(tmp_path / "studies"),
+        ],
+        cwd=REPO,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     result.elapsed = 0.0  # type: ignore[attr-defined]
     check_study_failure(result, "mouse_sweep_typo", "mouse_loss_sweep")
     assert not (tmp_path / "studies").exists()
@@ -269,30 +335,51 @@ def non_finite(frame: dict) -> None:
 
 # name -> (break the dataset, return (list file to pass, thing the error must name, extra --set))
 DATA_CASES: dict[str, Callable[[Path], tuple[Path, str, list[str]]]] = {
-    "missing_list_file": lambda root: (root / "no_such_list.txt", str(root / "no_such_list.txt"), []),
+    "missing_list_file": lambda root: (
+        root / "no_such_list.txt",
+        str(root / "no_such_list.txt"),
+        [],
+    ),
     "empty_list_file": lambda root: (root / "data_train.txt", str(empty_list(root)), []),
     "sample_folder_missing": lambda root: (root / "data_train.txt", str(remove_sample(root)), []),
     "w2c_3x4": lambda root: (root / "data_train.txt", str(edit_camera(root, three_by_four)), []),
-    "non_finite_number": lambda root: (root / "data_train.txt", str(edit_camera(root, non_finite)), []),
+    "non_finite_number": lambda root: (
+        root / "data_train.txt",
+        str(edit_camera(root, non_finite)),
+        [],
+    ),
     "truncated_png": lambda root: (root / "data_train.txt", str(truncate_png(root)), []),
     "png_wrong_size": lambda root: (root / "data_train.txt", str(resize_png(root)), []),
     "fewer_views_than_num_views": lambda root: (
-        root / "data_train.txt", "fewer than num_views=8",
-        ["training.dataset.num_views=8", "training.dataset.num_input_views=5"]),
+        root / "data_train.txt",
+        "fewer than num_views=8",
+        ["training.dataset.num_views=8", "training.dataset.num_input_views=5"],
+    ),
 }
 
 
 def train_argv(list_file: Path, out: Path, *sets: str) -> list[str]:
-    argv = ["--config", str(SMOKE), "--out", str(out), "--set", f"training.dataset.dataset_path={list_file}"]
+    argv = [
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+        "--set",
+        f"training.dataset.dataset_path={list_file}",
+    ]
     for item in (*TINY_TRAIN, *sets):
         argv += ["--set", item]
     return argv
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
-def test_train_refuses_bad_data_at_load_time(dataset: Path, tmp_path: Path, case: str,
-                                             capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_refuses_bad_data_at_load_time(
+    dataset: Path,
+    tmp_path: Path,
+    case: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     list_file, named, sets = DATA_CASES[case](dataset)
     out = tmp_path / "run"
@@ -309,7 +396,9 @@ def test_train_refuses_bad_data_at_load_time(dataset: Path, tmp_path: Path, case
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
-def test_data_check_names_the_bad_file(dataset: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_data_check_names_the_bad_file(
+    dataset: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     list_file, named, sets = DATA_CASES[case](dataset)
     argv = [str(list_file), "--image-size", "32"]
     if sets:
@@ -328,8 +417,18 @@ def test_train_cli_subprocess_exit_code_and_stderr(dataset: Path, tmp_path: Path
     """The real CLI in its own process: exit status 2, the file named on stderr, nothing on stdout."""
     png = truncate_png(dataset)
     result = subprocess.run(
-        [sys.executable, "-m", "trainables.gslrm.train", *train_argv(dataset / "data_train.txt", tmp_path / "run")],
-        cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "trainables.gslrm.train",
+            *train_argv(dataset / "data_train.txt", tmp_path / "run"),
+        ],
+        cwd=REPO,
+        env=env_for_subprocess(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert_one_clear_error(result.stderr, str(png))
     assert "final_step" not in result.stdout
@@ -346,8 +445,13 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, pristine: Path) -> Pa
     data = root / "data"
     shutil.copytree(pristine, data)
     out = root / "run"
-    argv = train_argv(data / "data_train.txt", out, "training.schedule.max_steps=2", "validation.val_every=2",
-                      "training.checkpointing.checkpoint_every=1")
+    argv = train_argv(
+        data / "data_train.txt",
+        out,
+        "training.schedule.max_steps=2",
+        "validation.val_every=2",
+        "training.checkpointing.checkpoint_every=1",
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "disabled")
         assert train_main(argv) == 0
@@ -356,30 +460,50 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, pristine: Path) -> Pa
     return out
 
 
-@pytest.mark.parametrize("bad_set", ["training.optimizer.lr=abc", "training.optimizer.lrr=0.1",
-                                     "model.transformer.d=100"])
-def test_failing_set_leaves_finished_run_byte_identical(finished_run: Path, bad_set: str,
-                                                        capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "bad_set",
+    ["training.optimizer.lr=abc", "training.optimizer.lrr=0.1", "model.transformer.d=100"],
+)
+def test_failing_set_leaves_finished_run_byte_identical(
+    finished_run: Path,
+    bad_set: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     before = snapshot(finished_run)
     data_list = finished_run.parent / "data" / "data_train.txt"
-    code = train_main(train_argv(data_list, finished_run, "training.schedule.max_steps=2",
-                                 "validation.val_every=2", "training.checkpointing.checkpoint_every=1", bad_set))
+    code = train_main(
+        train_argv(
+            data_list,
+            finished_run,
+            "training.schedule.max_steps=2",
+            "validation.val_every=2",
+            "training.checkpointing.checkpoint_every=1",
+            bad_set,
+        )
+    )
     captured = capsys.readouterr()
     assert code == 2, captured.out + captured.err
     assert_one_clear_error(captured.err, bad_set.split("=")[0])
     assert snapshot(finished_run) == before
 
 
-def test_failing_dataset_leaves_finished_run_byte_identical(finished_run: Path,
-                                                            capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_dataset_leaves_finished_run_byte_identical(
+    finished_run: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     before = snapshot(finished_run)
     missing = finished_run.parent / "moved" / "data_train.txt"
-    code = train_main(train_argv(missing, finished_run, "training.schedule.max_steps=2",
-                                 "validation.val_every=2", "training.checkpointing.checkpoint_every=1"))
+    code = train_main(
+        train_argv(
+            missing,
+            finished_run,
+            "training.schedule.max_steps=2",
+            "validation.val_every=2",
+            "training.checkpointing.checkpoint_every=1",
+        )
+    )
     captured = capsys.readouterr()
     assert code == 2
     assert_one_clear_error(captured.err, str(missing))

@@ -124,8 +124,11 @@ def test_bad_key_in_yaml_file_is_named(tmp_path: Path) -> None:
         ("training.schedule.max_steps=7", "training.schedule.max_steps", 7),
         ("mouse.use_mouse_dataset=false", "mouse.use_mouse_dataset", False),
         ("mouse.use_mouse_dataset=true", "mouse.use_mouse_dataset", True),
-        ("training.losses.background_color_target=[0, 0.5, 1]",
-         "training.losses.background_color_target", [0, 0.5, 1]),
+        (
+            "training.losses.background_color_target=[0, 0.5, 1]",
+            "training.losses.background_color_target",
+            [0, 0.5, 1],
+        ),
         ("training.logging.wandb.exp_name=run 1", "training.logging.wandb.exp_name", "run 1"),
         ("training.dataset.dataset_path=", "training.dataset.dataset_path", ""),
         # only the first '=' splits, the rest belongs to the value
@@ -145,13 +148,16 @@ def test_parse_override_without_equals_sign() -> None:
 
 
 def test_string_overrides_through_load_config() -> None:
-    config = load_config(CONFIGS / "smoke.yaml", [
-        "training.losses.ssim_loss_weight=0.25",
-        "training.schedule.max_steps=7",
-        "mouse.use_mouse_dataset=false",
-        "training.losses.background_color_target=[0, 0.5, 1]",
-        "training.losses.l2_loss_weight=2",
-    ])
+    config = load_config(
+        CONFIGS / "smoke.yaml",
+        [
+            "training.losses.ssim_loss_weight=0.25",
+            "training.schedule.max_steps=7",
+            "mouse.use_mouse_dataset=false",
+            "training.losses.background_color_target=[0, 0.5, 1]",
+            "training.losses.l2_loss_weight=2",
+        ],
+    )
     assert config.training.losses.ssim_loss_weight == 0.25
     assert config.training.schedule.max_steps == 7
     assert config.mouse.use_mouse_dataset is False
@@ -166,8 +172,9 @@ def test_string_overrides_through_load_config() -> None:
 def test_dict_overrides_return_a_new_config() -> None:
     base = load_config(CONFIGS / "mouse_gslrm.yaml")
     before = config_to_dict(base)
-    changed = apply_overrides(base, {"training.losses.mask_threshold": 0.3,
-                                     "model.image_tokenizer.image_size": 128})
+    changed = apply_overrides(
+        base, {"training.losses.mask_threshold": 0.3, "model.image_tokenizer.image_size": 128}
+    )
     assert changed.training.losses.mask_threshold == 0.3
     assert changed.model.image_tokenizer.image_size == 128
     assert config_to_dict(base) == before  # the input config is not mutated
@@ -182,7 +189,10 @@ def test_every_flat_key_is_overridable() -> None:
 
 
 def test_override_exponent_without_dot_is_a_number() -> None:
-    assert load_config(CONFIGS / "smoke.yaml", ["training.optimizer.lr=1e-4"]).training.optimizer.lr == 1e-4
+    assert (
+        load_config(CONFIGS / "smoke.yaml", ["training.optimizer.lr=1e-4"]).training.optimizer.lr
+        == 1e-4
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,7 +219,9 @@ def test_override_of_a_section_is_refused(section: str) -> None:
 
 
 def test_override_is_validated() -> None:
-    with pytest.raises(ConfigError, match=r"^training\.losses\.mask_threshold: must be in \(0, 1\)"):
+    with pytest.raises(
+        ConfigError, match=r"^training\.losses\.mask_threshold: must be in \(0, 1\)"
+    ):
         load_config(CONFIGS / "smoke.yaml", ["training.losses.mask_threshold=1"])
     with pytest.raises(ConfigError, match=r"^training\.schedule\.max_steps: expected an integer"):
         load_config(CONFIGS / "smoke.yaml", ["training.schedule.max_steps=1.5"])
@@ -257,8 +269,16 @@ def test_unknown_top_level_key_lists_valid_keys() -> None:
         assert valid in message
 
 
-@pytest.mark.parametrize("name", ["l2_loss_weight", "ssim_loss_weight", "perceptual_loss_weight",
-                                  "lpips_loss_weight", "background_loss_weight"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "l2_loss_weight",
+        "ssim_loss_weight",
+        "perceptual_loss_weight",
+        "lpips_loss_weight",
+        "background_loss_weight",
+    ],
+)
 def test_negative_loss_weight(name: str) -> None:
     key = f"training.losses.{name}"
     assert build_error(key, -0.1).startswith(f"{key}: must be >= 0")
@@ -282,29 +302,55 @@ def test_mask_threshold_inside_interval(value: float) -> None:
 @pytest.mark.parametrize(("num_views", "num_input_views"), [(6, 6), (6, 7), (4, 9), (6, 0)])
 def test_num_input_views_must_be_below_num_views(num_views: int, num_input_views: int) -> None:
     with pytest.raises(ConfigError) as info:
-        apply_overrides(TrainerConfig(), {"training.dataset.num_views": num_views,
-                                          "training.dataset.num_input_views": num_input_views})
-    assert str(info.value).startswith("training.dataset.num_input_views: must be >= 1 and < num_views")
-    ok = apply_overrides(TrainerConfig(), {"training.dataset.num_views": num_views,
-                                           "training.dataset.num_input_views": num_views - 1})
+        apply_overrides(
+            TrainerConfig(),
+            {
+                "training.dataset.num_views": num_views,
+                "training.dataset.num_input_views": num_input_views,
+            },
+        )
+    assert str(info.value).startswith(
+        "training.dataset.num_input_views: must be >= 1 and < num_views"
+    )
+    ok = apply_overrides(
+        TrainerConfig(),
+        {
+            "training.dataset.num_views": num_views,
+            "training.dataset.num_input_views": num_views - 1,
+        },
+    )
     assert ok.training.dataset.num_input_views == num_views - 1
 
 
 @pytest.mark.parametrize(("image_size", "patch_size"), [(60, 8), (100, 16), (7, 8)])
 def test_image_size_must_be_a_multiple_of_patch_size(image_size: int, patch_size: int) -> None:
     with pytest.raises(ConfigError) as info:
-        apply_overrides(TrainerConfig(), {"model.image_tokenizer.image_size": image_size,
-                                          "model.image_tokenizer.patch_size": patch_size})
-    assert str(info.value).startswith("model.image_tokenizer.image_size: must be a positive multiple")
+        apply_overrides(
+            TrainerConfig(),
+            {
+                "model.image_tokenizer.image_size": image_size,
+                "model.image_tokenizer.patch_size": patch_size,
+            },
+        )
+    assert str(info.value).startswith(
+        "model.image_tokenizer.image_size: must be a positive multiple"
+    )
     assert f"({patch_size})" in str(info.value)
 
 
 def test_image_size_multiple_of_patch_size_is_fine() -> None:
-    config = apply_overrides(TrainerConfig(), {"model.image_tokenizer.image_size": 96,
-                                               "model.image_tokenizer.patch_size": 16,
-                                               "model.gaussians.downsample": 1})
+    config = apply_overrides(
+        TrainerConfig(),
+        {
+            "model.image_tokenizer.image_size": 96,
+            "model.image_tokenizer.patch_size": 16,
+            "model.gaussians.downsample": 1,
+        },
+    )
     assert config.model.image_tokenizer.image_size == 96
 
 
 def test_negative_seed_is_refused() -> None:
-    assert build_error("training.runtime.seed", -1).startswith("training.runtime.seed: must be >= 0")
+    assert build_error("training.runtime.seed", -1).startswith(
+        "training.runtime.seed: must be >= 0"
+    )

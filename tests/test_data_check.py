@@ -24,12 +24,23 @@ def write_sample(folder: Path, n_views: int = 6) -> None:
         rgba[4:12, 4:12] = (10 * k, 100, 50, 255)
         Image.fromarray(rgba, "RGBA").save(folder / "images" / f"{k}.png")
         angle = 2 * np.pi * k / n_views
-        rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
-                             [0, 0, 1]])
+        rotation = np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+        )
         w2c = np.eye(4)
         w2c[:3, :3], w2c[:3, 3] = rotation, [0.0, 0.0, 2.5]
-        frames.append({"w": SIZE, "h": SIZE, "fx": 20.0, "fy": 20.0, "cx": 8.0, "cy": 8.0,
-                       "w2c": w2c.tolist(), "file_path": f"images/{k}.png"})
+        frames.append(
+            {
+                "w": SIZE,
+                "h": SIZE,
+                "fx": 20.0,
+                "fy": 20.0,
+                "cx": 8.0,
+                "cy": 8.0,
+                "w2c": w2c.tolist(),
+                "file_path": f"images/{k}.png",
+            }
+        )
     (folder / "opencv_cameras.json").write_text(json.dumps({"id": folder.name, "frames": frames}))
 
 
@@ -52,7 +63,9 @@ def test_generated_dataset_is_clean(tmp_path: Path, capsys: pytest.CaptureFixtur
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=1)
     before = sorted(tmp_path.rglob("*"))
     for key, count in (("train_list", 3), ("val_list", 1)):
-        code, lines, err = run_main([summary[key], "--num-views", "6", "--image-size", "32"], capsys)
+        code, lines, err = run_main(
+            [summary[key], "--num-views", "6", "--image-size", "32"], capsys
+        )
         assert code == 0, lines
         assert lines == [f"{count} samples, {count} usable, 0 problems"]
         assert err == ""
@@ -61,7 +74,9 @@ def test_generated_dataset_is_clean(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_bad_png_and_bad_json_are_each_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_png_and_bad_json_are_each_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     list_file = write_dataset(tmp_path)
     bad_png = tmp_path / "samples" / "a" / "images" / "3.png"
     bad_png.write_bytes(bad_png.read_bytes()[:40])
@@ -77,7 +92,9 @@ def test_bad_png_and_bad_json_are_each_named(tmp_path: Path, capsys: pytest.Capt
     assert check_list(list_file, 6, 32) == lines[:2]
 
 
-def test_every_bad_view_of_a_sample_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_bad_view_of_a_sample_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     list_file = write_dataset(tmp_path, ("a", "b"))
     images = tmp_path / "samples" / "b" / "images"
     (images / "0.png").unlink()
@@ -95,8 +112,10 @@ def test_too_few_views_for_num_views(tmp_path: Path, capsys: pytest.CaptureFixtu
     list_file = write_dataset(tmp_path, ("a",))
     code, lines, _ = run_main([str(list_file), "--num-views", "7", "--image-size", "8"], capsys)
     assert code == 1
-    assert lines == [f"{tmp_path / 'samples' / 'a'}: has 6 views, fewer than num_views=7",
-                     "1 samples, 0 usable, 1 problems"]
+    assert lines == [
+        f"{tmp_path / 'samples' / 'a'}: has 6 views, fewer than num_views=7",
+        "1 samples, 0 usable, 1 problems",
+    ]
     assert run_main([str(list_file), "--num-views", "6", "--image-size", "8"], capsys)[0] == 0
 
 
@@ -105,13 +124,16 @@ def test_missing_sample_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str
     list_file.write_text("samples/a\nsamples/gone\n")
     code, lines, _ = run_main([str(list_file)], capsys)
     assert code == 1
-    assert lines == [f"{tmp_path / 'samples' / 'gone'}: sample folder not found",
-                     "2 samples, 1 usable, 1 problems"]
+    assert lines == [
+        f"{tmp_path / 'samples' / 'gone'}: sample folder not found",
+        "2 samples, 1 usable, 1 problems",
+    ]
 
 
 @pytest.mark.parametrize("content", [None, "", "\n# nothing here\n"])
-def test_missing_or_empty_list_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            content: str | None) -> None:
+def test_missing_or_empty_list_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
     list_file = tmp_path / "data_train.txt"
     if content is not None:
         list_file.write_text(content)
@@ -133,9 +155,13 @@ def test_module_entry_point(tmp_path: Path) -> None:
     list_file = write_dataset(tmp_path, ("a", "b"))
     bad_json = tmp_path / "samples" / "b" / "opencv_cameras.json"
     bad_json.write_text("[]")
-    result = subprocess.run([sys.executable, "-m", "trainables.gslrm.data.check", str(list_file),
-                             "--image-size", "16"], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "trainables.gslrm.data.check", str(list_file), "--image-size", "16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 1, result.stderr
     assert result.stdout.splitlines() == [
         f"{bad_json}: expected an object with a non-empty 'frames' list",

@@ -34,8 +34,12 @@ def tilted_rig(n: int, normal: Any, radii: Any = None, up_sign: float = 1.0) -> 
     radii = np.full(n, 2.0) if radii is None else np.asarray(radii, dtype=np.float64)
     # uneven azimuths like the mouse rig, so no symmetry hides a wrong rotation
     angles = np.radians([17.0, 30.5, 76.1, 98.8, 137.0, 168.4, 250.0, 300.0][:n])
-    return np.stack([look_at_c2w(r * (math.cos(a) * u + math.sin(a) * v), np.zeros(3),
-                                 up_sign * normal) for r, a in zip(radii, angles, strict=True)])
+    return np.stack(
+        [
+            look_at_c2w(r * (math.cos(a) * u + math.sin(a) * v), np.zeros(3), up_sign * normal)
+            for r, a in zip(radii, angles, strict=True)
+        ]
+    )
 
 
 def write_dataset(root: Path, n_samples: int = 3, n_cameras: int = N_CAMERAS) -> Path:
@@ -52,10 +56,21 @@ def write_dataset(root: Path, n_samples: int = 3, n_cameras: int = N_CAMERAS) ->
             rgba[...] = (10 * k + 5, 20 * s, 200, 255)
             rgba[:4, :4, 3] = 0  # a transparent corner, so target_alpha is not all ones
             Image.fromarray(rgba, "RGBA").save(folder / "images" / f"{k}.png")
-            frames.append({"w": SIZE, "h": SIZE, "fx": 20.0 + k, "fy": 20.0 + k, "cx": 8.0,
-                           "cy": 8.0, "w2c": np.linalg.inv(rig[k]).tolist(),
-                           "file_path": f"images/{k}.png"})
-        (folder / "opencv_cameras.json").write_text(json.dumps({"id": folder.name, "frames": frames}))
+            frames.append(
+                {
+                    "w": SIZE,
+                    "h": SIZE,
+                    "fx": 20.0 + k,
+                    "fy": 20.0 + k,
+                    "cx": 8.0,
+                    "cy": 8.0,
+                    "w2c": np.linalg.inv(rig[k]).tolist(),
+                    "file_path": f"images/{k}.png",
+                }
+            )
+        (folder / "opencv_cameras.json").write_text(
+            json.dumps({"id": folder.name, "frames": frames})
+        )
         entries.append(folder.name)
     list_file = root / "data_train.txt"
     list_file.write_text("\n".join(entries) + "\n")
@@ -68,10 +83,17 @@ def list_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> TrainerConfig:
-    base = {"model.image_tokenizer.image_size": SIZE, "model.image_tokenizer.patch_size": 8,
-            "model.gaussians.downsample": 1, "training.dataset.num_views": 6,
-            "training.dataset.num_input_views": 4, "training.dataset.cache_dir": str(tmp_path / "cache")}
-    return apply_overrides(TrainerConfig(), base | {k.replace("__", "."): v for k, v in overrides.items()})
+    base = {
+        "model.image_tokenizer.image_size": SIZE,
+        "model.image_tokenizer.patch_size": 8,
+        "model.gaussians.downsample": 1,
+        "training.dataset.num_views": 6,
+        "training.dataset.num_input_views": 4,
+        "training.dataset.cache_dir": str(tmp_path / "cache"),
+    }
+    return apply_overrides(
+        TrainerConfig(), base | {k.replace("__", "."): v for k, v in overrides.items()}
+    )
 
 
 def view_ids_of_images(images: torch.Tensor) -> list[int]:
@@ -116,17 +138,25 @@ def test_random_dataset_varies_but_is_reproducible(list_file: Path, tmp_path: Pa
     # across epochs the same item changes
     assert seen[0, 0] != seen[1, 0]
 
-    other_seed = MultiViewDataset(list_file, make_config(tmp_path, mouse__use_mouse_dataset=False,
-                                                         training__runtime__seed=1))
-    assert [tuple(other_seed[i]["target_view_ids"].tolist()) for i in range(3)] != \
-        [seen[0, i] for i in range(3)]
+    other_seed = MultiViewDataset(
+        list_file, make_config(tmp_path, mouse__use_mouse_dataset=False, training__runtime__seed=1)
+    )
+    assert [tuple(other_seed[i]["target_view_ids"].tolist()) for i in range(3)] != [
+        seen[0, i] for i in range(3)
+    ]
 
 
 def test_random_dataset_keeps_images_and_cameras_paired(list_file: Path, tmp_path: Path) -> None:
     ds = MultiViewDataset(list_file, make_config(tmp_path, mouse__use_mouse_dataset=False))
-    reference = MultiViewDataset(list_file, make_config(tmp_path, mouse__use_mouse_dataset=True,
-                                                        training__dataset__num_views=8,
-                                                        training__dataset__num_input_views=1))
+    reference = MultiViewDataset(
+        list_file,
+        make_config(
+            tmp_path,
+            mouse__use_mouse_dataset=True,
+            training__dataset__num_views=8,
+            training__dataset__num_input_views=1,
+        ),
+    )
     c2w_by_view = reference[1]["target_c2w"]
     for epoch in range(3):
         ds.set_epoch(epoch)
@@ -151,8 +181,9 @@ def test_select_views_directly() -> None:
 
 @pytest.mark.parametrize("rig_order", [True, False])
 def test_split_with_target_has_input(list_file: Path, tmp_path: Path, rig_order: bool) -> None:
-    config = make_config(tmp_path, mouse__use_mouse_dataset=rig_order,
-                         training__dataset__target_has_input=True)
+    config = make_config(
+        tmp_path, mouse__use_mouse_dataset=rig_order, training__dataset__target_has_input=True
+    )
     item = MultiViewDataset(list_file, config)[2]
     assert item["input_images"].shape[0] == 4 and item["target_images"].shape[0] == 6
     # the targets start with the inputs, then the remaining views
@@ -164,8 +195,9 @@ def test_split_with_target_has_input(list_file: Path, tmp_path: Path, rig_order:
 
 @pytest.mark.parametrize("rig_order", [True, False])
 def test_split_without_target_has_input(list_file: Path, tmp_path: Path, rig_order: bool) -> None:
-    config = make_config(tmp_path, mouse__use_mouse_dataset=rig_order,
-                         training__dataset__target_has_input=False)
+    config = make_config(
+        tmp_path, mouse__use_mouse_dataset=rig_order, training__dataset__target_has_input=False
+    )
     item = MultiViewDataset(list_file, config)[2]
     inputs, targets = item["input_view_ids"].tolist(), item["target_view_ids"].tolist()
     assert len(inputs) == 4 and len(targets) == 2 and not set(inputs) & set(targets)
@@ -207,7 +239,10 @@ def test_item_shapes_and_dtypes(list_file: Path, tmp_path: Path) -> None:
     assert item["sample_index"].item() == 1
     for key in ("input_images", "target_images", "target_alpha"):
         assert 0.0 <= item[key].min() and item[key].max() <= 1.0
-    assert item["target_alpha"][:, 0, :4, :4].eq(0).all() and item["target_alpha"][:, 0, 8:, 8:].eq(1).all()
+    assert (
+        item["target_alpha"][:, 0, :4, :4].eq(0).all()
+        and item["target_alpha"][:, 0, 8:, 8:].eq(1).all()
+    )
     # sample 1 has green = 20 / 255 in every opaque pixel
     torch.testing.assert_close(item["input_images"][:, 1, 8, 8], torch.full((vi,), 20 / 255))
 
@@ -232,8 +267,10 @@ def _axes_and_centre_angles(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return axes @ axes.T, centres @ centres.T
 
 
-@pytest.mark.parametrize("normal", [[0.2, -0.3, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, -0.2],
-                                    [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
+@pytest.mark.parametrize(
+    "normal",
+    [[0.2, -0.3, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, -0.2], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]],
+)
 def test_normalize_rig(normal: list[float]) -> None:
     c2w = tilted_rig(6, normal, radii=[2.0, 2.6, 3.1, 3.4, 2.3, 2.8])
     out = normalize_rig(c2w, target_distance=2.7)
@@ -244,13 +281,16 @@ def test_normalize_rig(normal: list[float]) -> None:
     assert (-out[:, :3, 1]).mean(0)[2] > 0.5
     assert np.linalg.norm(centres, axis=1).mean() == pytest.approx(2.7)
     # one similarity for all cameras: relative geometry and distance ratios are kept
-    for before, after in zip(_axes_and_centre_angles(c2w), _axes_and_centre_angles(out), strict=True):
+    for before, after in zip(
+        _axes_and_centre_angles(c2w), _axes_and_centre_angles(out), strict=True
+    ):
         np.testing.assert_allclose(after, before, atol=1e-9)
     dist_in, dist_out = np.linalg.norm(c2w[:, :3, 3], axis=1), np.linalg.norm(centres, axis=1)
     np.testing.assert_allclose(dist_out / dist_in, dist_out[0] / dist_in[0])
     # cameras still look at the (unmoved) origin, with proper rotations
-    np.testing.assert_allclose(np.einsum("nij,nj->ni", out[:, :3, :3].transpose(0, 2, 1), -centres)[:, :2],
-                               0.0, atol=1e-9)
+    np.testing.assert_allclose(
+        np.einsum("nij,nj->ni", out[:, :3, :3].transpose(0, 2, 1), -centres)[:, :2], 0.0, atol=1e-9
+    )
     for r in out[:, :3, :3]:
         np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-9)
         assert np.linalg.det(r) == pytest.approx(1.0)
@@ -274,16 +314,25 @@ def test_normalize_rig_identity_for_a_rig_already_z_up() -> None:
 
 
 def test_dataset_applies_normalize_rig(list_file: Path, tmp_path: Path) -> None:
-    plain = MultiViewDataset(list_file, make_config(tmp_path, training__dataset__num_views=8,
-                                                    training__dataset__num_input_views=1))[0]
-    normed = MultiViewDataset(list_file, make_config(tmp_path, training__dataset__num_views=8,
-                                                     training__dataset__num_input_views=1,
-                                                     mouse__normalize_cameras=True,
-                                                     mouse__target_camera_distance=1.5))[0]
+    plain = MultiViewDataset(
+        list_file,
+        make_config(tmp_path, training__dataset__num_views=8, training__dataset__num_input_views=1),
+    )[0]
+    normed = MultiViewDataset(
+        list_file,
+        make_config(
+            tmp_path,
+            training__dataset__num_views=8,
+            training__dataset__num_input_views=1,
+            mouse__normalize_cameras=True,
+            mouse__target_camera_distance=1.5,
+        ),
+    )[0]
     expected = normalize_rig(plain["target_c2w"].double().numpy(), 1.5)
     np.testing.assert_allclose(normed["target_c2w"].numpy(), expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(normed["target_c2w"][:, :3, 3].numpy(), axis=1), 1.5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(normed["target_c2w"][:, :3, 3].numpy(), axis=1), 1.5, atol=1e-5
+    )
     torch.testing.assert_close(normed["target_images"], plain["target_images"])  # images untouched
 
 
@@ -293,8 +342,12 @@ def test_dataset_applies_normalize_rig(list_file: Path, tmp_path: Path) -> None:
 def test_generated_mouse_dataset(tmp_path: Path) -> None:
     synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=3)
-    config = make_config(tmp_path, model__image_tokenizer__image_size=32, mouse__use_mouse_dataset=True,
-                         training__dataset__num_input_views=5)
+    config = make_config(
+        tmp_path,
+        model__image_tokenizer__image_size=32,
+        mouse__use_mouse_dataset=True,
+        training__dataset__num_input_views=5,
+    )
     ds = MultiViewDataset(summary["train_list"], config)
     assert len(ds) == summary["num_train"] == 3
     for index in range(len(ds)):

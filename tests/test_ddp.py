@@ -27,18 +27,36 @@ def run_ddp(tmp_path: Path, data: dict, workers: int) -> Path:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    config = load_config(REPO / "configs/smoke.yaml", [
-        f"training.dataset.dataset_path={data['train_list']}", f"validation.dataset_path={data['val_list']}",
-        "model.image_tokenizer.image_size=32", "training.schedule.max_steps=6", "training.schedule.warmup=1",
-        "validation.val_every=3", "training.checkpointing.checkpoint_every=3", "validation.max_items=2",
-        "training.dataloader.shuffle=false", f"training.dataloader.batch_size_per_gpu={2 // workers}",
-        "training.losses.masked_l2_loss=false", "training.losses.background_loss_weight=0.0",
-        "training.logging.wandb.mode=disabled", "training.logging.wandb.log_every=1"])
+    config = load_config(
+        REPO / "configs/smoke.yaml",
+        [
+            f"training.dataset.dataset_path={data['train_list']}",
+            f"validation.dataset_path={data['val_list']}",
+            "model.image_tokenizer.image_size=32",
+            "training.schedule.max_steps=6",
+            "training.schedule.warmup=1",
+            "validation.val_every=3",
+            "training.checkpointing.checkpoint_every=3",
+            "validation.max_items=2",
+            "training.dataloader.shuffle=false",
+            f"training.dataloader.batch_size_per_gpu={2 // workers}",
+            "training.losses.masked_l2_loss=false",
+            "training.losses.background_loss_weight=0.0",
+            "training.logging.wandb.mode=disabled",
+            "training.logging.wandb.log_every=1",
+        ],
+    )
     run_dir = tmp_path / f"workers{workers}"
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config_to_dict(config), "trial_id": f"ddp{workers}", "run_dir": str(run_dir)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 2 / workers / 2}),
+        train_loop_config={
+            "config": config_to_dict(config),
+            "trial_id": f"ddp{workers}",
+            "run_dir": str(run_dir),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, resources_per_worker={"CPU": 2 / workers / 2}
+        ),
         run_config=ray.train.RunConfig(name=f"ddp{workers}", storage_path=str(tmp_path / "train")),
     )
     trainer.fit()
@@ -66,7 +84,9 @@ def test_two_workers_follow_one_worker(tmp_path):
     start = read_checkpoint(single / "checkpoints" / "ckpt_0000000000000003.pt")["model"]
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    print(f"max weight change over steps 3-6: {moved:.2e}; 1 vs 2 workers max difference: {diff:.2e}")
+    print(
+        f"max weight change over steps 3-6: {moved:.2e}; 1 vs 2 workers max difference: {diff:.2e}"
+    )
     assert moved > 1e-3  # the comparison is not vacuous: training moved the weights
     assert diff < 1e-4
     assert all(torch.isfinite(t).all() for t in b.values())

@@ -55,27 +55,40 @@ def facelift_state_dict(d: int = D, layers: int = LAYERS, seed: int = 0) -> dict
         "input_layer_norm.weight": norm(d),
     }
     for i in range(layers):
-        state.update({
-            f"transformer_layers.{i}.norm1.weight": norm(d),
-            f"transformer_layers.{i}.attn.to_qkv.weight": rand(3 * d, d, scale=0.2),
-            f"transformer_layers.{i}.attn.fc.weight": rand(d, d, scale=0.2),
-            f"transformer_layers.{i}.norm2.weight": norm(d),
-            f"transformer_layers.{i}.mlp.mlp.0.weight": rand(4 * d, d, scale=0.2),
-            f"transformer_layers.{i}.mlp.mlp.2.weight": rand(d, 4 * d, scale=0.2),
-        })
-    state.update({
-        "gaussian_upsampler.layernorm.weight": norm(d),
-        "gaussian_upsampler.linear.weight": rand(14, d, scale=0.5),
-        "pixel_gaussian_decoder.0.weight": norm(d),
-        "pixel_gaussian_decoder.1.weight": rand(14 * PATCH * PATCH, d, scale=0.5),
-    })
+        state.update(
+            {
+                f"transformer_layers.{i}.norm1.weight": norm(d),
+                f"transformer_layers.{i}.attn.to_qkv.weight": rand(3 * d, d, scale=0.2),
+                f"transformer_layers.{i}.attn.fc.weight": rand(d, d, scale=0.2),
+                f"transformer_layers.{i}.norm2.weight": norm(d),
+                f"transformer_layers.{i}.mlp.mlp.0.weight": rand(4 * d, d, scale=0.2),
+                f"transformer_layers.{i}.mlp.mlp.2.weight": rand(d, 4 * d, scale=0.2),
+            }
+        )
+    state.update(
+        {
+            "gaussian_upsampler.layernorm.weight": norm(d),
+            "gaussian_upsampler.linear.weight": rand(14, d, scale=0.5),
+            "pixel_gaussian_decoder.0.weight": norm(d),
+            "pixel_gaussian_decoder.1.weight": rand(14 * PATCH * PATCH, d, scale=0.5),
+        }
+    )
     return state
 
 
-def save_facelift_checkpoint(path, state: dict[str, torch.Tensor], extra: dict | None = None) -> None:
-    torch.save({"model": {**state, **(extra or {})}, "optimizer": {"state": {}, "param_groups": []},
-                "lr_scheduler": {"last_epoch": 1000}, "fwdbwd_pass_step": 21125,
-                "param_update_step": 21125}, path)
+def save_facelift_checkpoint(
+    path, state: dict[str, torch.Tensor], extra: dict | None = None
+) -> None:
+    torch.save(
+        {
+            "model": {**state, **(extra or {})},
+            "optimizer": {"state": {}, "param_groups": []},
+            "lr_scheduler": {"last_epoch": 1000},
+            "fwdbwd_pass_step": 21125,
+            "param_update_step": 21125,
+        },
+        path,
+    )
 
 
 def look_at_c2w(eye: list[float]) -> torch.Tensor:
@@ -121,7 +134,9 @@ def bias_free_ln(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + 1e-5) * weight
 
 
-def reference_gaussians(state: dict[str, torch.Tensor], images: torch.Tensor, cameras: Cameras) -> dict:
+def reference_gaussians(
+    state: dict[str, torch.Tensor], images: torch.Tensor, cameras: Cameras
+) -> dict:
     s = state
     tokens, all_o, all_d = [], [], []
     for v in range(VIEWS):
@@ -130,7 +145,9 @@ def reference_gaussians(state: dict[str, torch.Tensor], images: torch.Tensor, ca
         feat = torch.cat([images[0, v].permute(1, 2, 0) * 2 - 1, d, closest], -1)  # [H, W, 9]
         for py in range(SIZE // PATCH):
             for px in range(SIZE // PATCH):
-                patch = feat[py * PATCH:(py + 1) * PATCH, px * PATCH:(px + 1) * PATCH]  # [row, col, c]
+                patch = feat[
+                    py * PATCH : (py + 1) * PATCH, px * PATCH : (px + 1) * PATCH
+                ]  # [row, col, c]
                 tokens.append(s["patch_embedder.1.weight"] @ patch.reshape(-1))
         all_o.append(o)
         all_d.append(d)
@@ -149,8 +166,14 @@ def reference_gaussians(state: dict[str, torch.Tensor], images: torch.Tensor, ca
         x = x + torch.cat(outs, -1) @ s[p + "attn.fc.weight"].T
         h = bias_free_ln(x, s[p + "norm2.weight"])
         x = x + F.gelu(h @ s[p + "mlp.mlp.0.weight"].T) @ s[p + "mlp.mlp.2.weight"].T
-    free = bias_free_ln(x[:FREE], s["gaussian_upsampler.layernorm.weight"]) @ s["gaussian_upsampler.linear.weight"].T
-    decoded = bias_free_ln(x[FREE:], s["pixel_gaussian_decoder.0.weight"]) @ s["pixel_gaussian_decoder.1.weight"].T
+    free = (
+        bias_free_ln(x[:FREE], s["gaussian_upsampler.layernorm.weight"])
+        @ s["gaussian_upsampler.linear.weight"].T
+    )
+    decoded = (
+        bias_free_ln(x[FREE:], s["pixel_gaussian_decoder.0.weight"])
+        @ s["pixel_gaussian_decoder.1.weight"].T
+    )
     # Back to pixels: token (v, py, px), output index (row * p + col) * 14 + k.
     per_pixel = torch.zeros(VIEWS, SIZE, SIZE, 14)
     n_side = SIZE // PATCH
@@ -158,7 +181,7 @@ def reference_gaussians(state: dict[str, torch.Tensor], images: torch.Tensor, ca
         v, rem = divmod(t, n_side * n_side)
         py, px = divmod(rem, n_side)
         block = decoded[t].reshape(PATCH, PATCH, 14)
-        per_pixel[v, py * PATCH:(py + 1) * PATCH, px * PATCH:(px + 1) * PATCH] = block
+        per_pixel[v, py * PATCH : (py + 1) * PATCH, px * PATCH : (px + 1) * PATCH] = block
     raw = torch.cat([free, per_pixel.reshape(-1, 14)], 0)
     o = torch.cat([free.new_zeros(FREE, 3), torch.stack(all_o).reshape(-1, 3)], 0)
     d = torch.cat([free.new_zeros(FREE, 3), torch.stack(all_d).reshape(-1, 3)], 0)
@@ -188,12 +211,16 @@ def test_state_dict_names_and_shapes_match_reference():
         ours = GSLRM(tiny_config()).state_dict()
     reference = facelift_state_dict()
     assert list(ours) == list(reference)  # names and order (learned tokens first)
-    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {
+        k: tuple(v.shape) for k, v in reference.items()
+    }
 
 
 def test_facelift_checkpoint_loads_and_gives_reference_gaussians(tmp_path):
     state = facelift_state_dict()
-    vgg = {f"loss_calculator.perceptual_loss_module.net.{i}.weight": torch.zeros(2) for i in range(32)}
+    vgg = {
+        f"loss_calculator.perceptual_loss_module.net.{i}.weight": torch.zeros(2) for i in range(32)
+    }
     path = tmp_path / "ckpt_0000000000021125.pt"
     save_facelift_checkpoint(path, state, extra=vgg)
     model = GSLRM(tiny_config()).eval()
@@ -263,18 +290,48 @@ def test_implied_shape_and_inspect_cli(tmp_path):
     path = tmp_path / "ckpt.pt"
     save_facelift_checkpoint(path, facelift_state_dict())
     assert implied_shape(torch.load(path, weights_only=True)["model"]) == {
-        "d": D, "n_layer": LAYERS, "patch_size": PATCH, "n_gaussians": FREE}
+        "d": D,
+        "n_layer": LAYERS,
+        "patch_size": PATCH,
+        "n_gaussians": FREE,
+    }
     text = inspect(path)
     assert "step: 21125" in text and "d=32, n_layer=2, patch_size=4" in text and "d_head" in text
     config = tmp_path / "tiny.yaml"
     config.write_text(
         f"model: {{image_tokenizer: {{image_size: {SIZE}, patch_size: {PATCH}}}, "
-        f"transformer: {{d: {D}, d_head: {D_HEAD}, n_layer: {LAYERS}}}}}\n")
-    out = subprocess.run([sys.executable, "-m", "trainables.gslrm.checkpoint", "inspect", str(path),
-                          "--config", str(config)], capture_output=True, text=True, timeout=120)
+        f"transformer: {{d: {D}, d_head: {D_HEAD}, n_layer: {LAYERS}}}}}\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainables.gslrm.checkpoint",
+            "inspect",
+            str(path),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "loads into" in out.stdout and ": yes" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "trainables.gslrm.checkpoint", "inspect", str(path),
-                          "--config", str(config), "--set", "model.transformer.n_layer=3"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainables.gslrm.checkpoint",
+            "inspect",
+            str(path),
+            "--config",
+            str(config),
+            "--set",
+            "model.transformer.n_layer=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "NO" in out.stdout and "missing in checkpoint" in out.stdout

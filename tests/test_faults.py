@@ -24,12 +24,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    return generate_dataset(tmp_path_factory.mktemp("data"), samples=8, size=64, rig="mouse6", seed=4)
+    return generate_dataset(
+        tmp_path_factory.mktemp("data"), samples=8, size=64, rig="mouse6", seed=4
+    )
 
 
 def data_args(data: dict) -> list[str]:
-    return ["--set", f"training.dataset.dataset_path={data['train_list']}",
-            "--set", f"validation.dataset_path={data['val_list']}"]
+    return [
+        "--set",
+        f"training.dataset.dataset_path={data['train_list']}",
+        "--set",
+        f"validation.dataset_path={data['val_list']}",
+    ]
 
 
 def custom_study(name: str, grid: dict) -> str:
@@ -51,11 +57,28 @@ def ray_train_worker_pids() -> list[int]:
 
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     storage = tmp_path / "studies"
-    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "1",
-           "--storage", str(storage), "--max-failures", "2", *TINY, "--set", "training.schedule.max_steps=40",
-           "--set", "training.checkpointing.checkpoint_every=10", *data_args(data)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.run",
+        "mouse_loss_sweep",
+        "--smoke",
+        "--num-samples",
+        "1",
+        "--storage",
+        str(storage),
+        "--max-failures",
+        "2",
+        *TINY,
+        "--set",
+        "training.schedule.max_steps=40",
+        "--set",
+        "training.checkpointing.checkpoint_every=10",
+        *data_args(data),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     study_dir = storage / "mouse_loss_sweep"
     deadline = time.monotonic() + 600
     killed_after = None
@@ -87,23 +110,49 @@ def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path
     first_val = (broken / Path(data["val_list"]).name).read_text().split()[0]
     png = sorted((broken / first_val).rglob("*.png"))[0]
     png.write_bytes(png.read_bytes()[:200])  # a corrupt image met at the first validation
-    grid = {"validation.dataset_path": [data["val_list"], str(broken / "data_val.txt")],
-            "training.runtime.inject_nan_loss_at_step": [0, 15]}
+    grid = {
+        "validation.dataset_path": [data["val_list"], str(broken / "data_val.txt")],
+        "training.runtime.inject_nan_loss_at_step": [0, 15],
+    }
     storage = tmp_path / "studies"
-    out = subprocess.run([sys.executable, "-c", custom_study("fault_check", grid), "fault_check", "--smoke",
-                          "--storage", str(storage), "--max-failures", "0", *TINY,
-                          "--set", f"training.dataset.dataset_path={data['train_list']}"],
-                         cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            custom_study("fault_check", grid),
+            "fault_check",
+            "--smoke",
+            "--storage",
+            str(storage),
+            "--max-failures",
+            "0",
+            *TINY,
+            "--set",
+            f"training.dataset.dataset_path={data['train_list']}",
+        ],
+        cwd=REPO,
+        env=study_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = storage / "fault_check"
-    by_case = {(s["config"]["validation.dataset_path"] == data["val_list"],
-                s["config"]["training.runtime.inject_nan_loss_at_step"]): s for s in summaries(study_dir)}
+    by_case = {
+        (
+            s["config"]["validation.dataset_path"] == data["val_list"],
+            s["config"]["training.runtime.inject_nan_loss_at_step"],
+        ): s
+        for s in summaries(study_dir)
+    }
     assert by_case[(True, 0)]["status"] == "finished"
     diverged = by_case[(True, 15)]
     assert diverged["status"] == "diverged" and diverged["diverged_step"] == 15
     for case in ((False, 0), (False, 15)):
         assert by_case[case]["status"] == "errored"
-        assert png.name in by_case[case]["error"] and "cannot decode image" in by_case[case]["error"]
+        assert (
+            png.name in by_case[case]["error"] and "cannot decode image" in by_case[case]["error"]
+        )
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert sorted(trials["status"]) == ["diverged", "errored", "errored", "finished"]
     assert trials.loc[trials["status"] == "diverged", "flag_diverged"].all()
@@ -114,36 +163,78 @@ def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path
 def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
     storage = tmp_path / "studies"
     study_dir = storage / "mouse_loss_sweep"
-    base = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
-            "--storage", str(storage), *TINY, *data_args(data)]
+    base = [
+        sys.executable,
+        "-m",
+        "study.run",
+        "mouse_loss_sweep",
+        "--smoke",
+        "--num-samples",
+        "3",
+        "--storage",
+        str(storage),
+        *TINY,
+        *data_args(data),
+    ]
     rng = random.Random(7)
     for attempt in range(2):
         cmd = base + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=study_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(rng.uniform(15, 60))
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    final = subprocess.run(base + ["--resume"], cwd=REPO, env=study_env(), capture_output=True, text=True,
-                           timeout=900)
+    final = subprocess.run(
+        base + ["--resume"], cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=900
+    )
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert len(trials) == 3 and trials["trial_id"].is_unique
-    assert set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]  # ASHA may stop some
+    assert set(trials["status"]) <= {"finished", "stopped_early"}, trials[
+        "status"
+    ]  # ASHA may stop some
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
 
 
 def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
     env = study_env()
     with ray_head(num_cpus=4) as address:
-        common = ["--smoke", "--address", address, "--storage", str(tmp_path), *TINY, *data_args(data)]
-        procs = [subprocess.Popen([sys.executable, "-m", "study.run", *args, *common], cwd=REPO, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for args in (["mouse_loss_sweep", "--num-samples", "1"], ["view_order_ablation", "--seeds", "0"])]
+        common = [
+            "--smoke",
+            "--address",
+            address,
+            "--storage",
+            str(tmp_path),
+            *TINY,
+            *data_args(data),
+        ]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "study.run", *args, *common],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for args in (
+                ["mouse_loss_sweep", "--num-samples", "1"],
+                ["view_order_ablation", "--seeds", "0"],
+            )
+        ]
         outputs = [p.communicate(timeout=1200)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
-    sweep, ablation = summaries(tmp_path / "mouse_loss_sweep"), summaries(tmp_path / "view_order_ablation")
+    sweep, ablation = (
+        summaries(tmp_path / "mouse_loss_sweep"),
+        summaries(tmp_path / "view_order_ablation"),
+    )
     assert len(sweep) == 1 and len(ablation) == 2
     assert {s["study"] for s in sweep} == {"mouse_loss_sweep"}
     assert {s["study"] for s in ablation} == {"view_order_ablation"}

@@ -105,10 +105,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     camera_bytes = (sample / CAMERA_FILE).read_bytes()
     camera = json.loads(camera_bytes)
     png_path = sample / camera["frames"][0]["file_path"]
-    config = load_config(REPO / "configs" / "smoke.yaml", [
-        f"model.image_tokenizer.image_size={SIZE}", f"training.dataset.dataset_path={list_file}",
-        "mouse.use_mouse_dataset=true"])
-    ws = Workspace(root, sample, list_file, camera_bytes, camera, png_path, png_path.read_bytes(), config)
+    config = load_config(
+        REPO / "configs" / "smoke.yaml",
+        [
+            f"model.image_tokenizer.image_size={SIZE}",
+            f"training.dataset.dataset_path={list_file}",
+            "mouse.use_mouse_dataset=true",
+        ],
+    )
+    ws = Workspace(
+        root, sample, list_file, camera_bytes, camera, png_path, png_path.read_bytes(), config
+    )
     # The untouched sample must pass every check, or the fuzz proves nothing.
     failure = run_case(ws, Case("no mutation"))
     assert failure is None, failure
@@ -126,8 +133,11 @@ def check_rigid(matrix: np.ndarray, what: str, atol: float) -> None:
     if not np.isfinite(matrix).all():
         raise Invalid(f"{what}: non-finite values {matrix.tolist()}")
     rotation = matrix[:3, :3]
-    if (np.abs(rotation @ rotation.T - np.eye(3)).max() > atol or np.linalg.det(rotation) <= 0
-            or np.abs(matrix[3] - [0, 0, 0, 1]).max() > atol):
+    if (
+        np.abs(rotation @ rotation.T - np.eye(3)).max() > atol
+        or np.linalg.det(rotation) <= 0
+        or np.abs(matrix[3] - [0, 0, 0, 1]).max() > atol
+    ):
         raise Invalid(f"{what}: not rigid {matrix.tolist()}")
 
 
@@ -136,8 +146,12 @@ def check_sample(sample: Any) -> None:
         raise Invalid("sample without frames")
     for index, frame in enumerate(sample.frames):
         what = f"frame {index}"
-        if not (isinstance(frame.width, int) and isinstance(frame.height, int)
-                and frame.width > 0 and frame.height > 0):
+        if not (
+            isinstance(frame.width, int)
+            and isinstance(frame.height, int)
+            and frame.width > 0
+            and frame.height > 0
+        ):
             raise Invalid(f"{what}: size {frame.width!r} x {frame.height!r}")
         fx, fy, cx, cy = frame.intrinsics
         if not all(isinstance(v, float) and math.isfinite(v) for v in (fx, fy, cx, cy)):
@@ -156,15 +170,19 @@ def check_item(item: dict[str, torch.Tensor], num_views: int) -> None:
     for prefix in ("input", "target"):
         images = item[f"{prefix}_images"]
         if images.shape[-3:] != (3, SIZE, SIZE) or images.min() < 0 or images.max() > 1:
-            raise Invalid(f"{prefix}_images: shape {tuple(images.shape)}, range "
-                          f"[{float(images.min())}, {float(images.max())}]")
+            raise Invalid(
+                f"{prefix}_images: shape {tuple(images.shape)}, range "
+                f"[{float(images.min())}, {float(images.max())}]"
+            )
         intrinsics = item[f"{prefix}_intrinsics"]
         if (intrinsics[:, :2] <= 0).any():
             raise Invalid(f"{prefix}_intrinsics: focal lengths {intrinsics.tolist()}")
         for view, c2w in enumerate(item[f"{prefix}_c2w"]):
             check_rigid(c2w.double().numpy(), f"{prefix}_c2w[{view}]", 1e-3)
     if item["target_images"].shape[0] != num_views:  # target_has_input: every selected view
-        raise Invalid(f"target_images: {item['target_images'].shape[0]} views, expected {num_views}")
+        raise Invalid(
+            f"target_images: {item['target_images'].shape[0]} views, expected {num_views}"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,9 +230,14 @@ def run_case(ws: Workspace, case: Case) -> str | None:
     except (Invalid, CaseTimeout) as exc:
         problem = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # the point of the test: only DataError may escape the reader
-        ours = [f for f in traceback.extract_tb(exc.__traceback__)
-                if Path(f.filename).is_relative_to(REPO / "trainables")]
-        where = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].line})" if ours else "?"
+        ours = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if Path(f.filename).is_relative_to(REPO / "trainables")
+        ]
+        where = (
+            f"{Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].line})" if ours else "?"
+        )
         problem = f"{type(exc).__name__} (not DataError) at {where}: {str(exc)[:200]}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -274,7 +297,9 @@ def m_change_types(rng: random.Random, base: dict) -> Case:
     data = copy.deepcopy(base)
     roll = rng.random()
     if roll < 0.15:
-        value = rng.choice([None, {}, "frames", 3, [1, 2], [None], [[]], [{}], {"0": base["frames"][0]}])
+        value = rng.choice(
+            [None, {}, "frames", 3, [1, 2], [None], [[]], [{}], {"0": base["frames"][0]}]
+        )
         data["frames"] = value
         return Case(f"frames = {value!r}"[:120], dumps(data))
     if roll < 0.25:
@@ -282,7 +307,9 @@ def m_change_types(rng: random.Random, base: dict) -> Case:
         return Case(f"whole document = {value!r}"[:120], dumps(value))
     index = rng.randrange(len(data["frames"]))
     key = rng.choice(FRAME_KEYS)
-    value = rng.choice(JUNK + [42, "images/cam_01.png", "/", ".", "images", "../sample/images/cam_00.png"])
+    value = rng.choice(
+        JUNK + [42, "images/cam_01.png", "/", ".", "images", "../sample/images/cam_00.png"]
+    )
     data["frames"][index][key] = value
     return Case(f"frame {index} {key} = {value!r}", dumps(data))
 
@@ -335,7 +362,10 @@ def m_huge_ints(rng: random.Random, base: dict) -> Case:
     digits = rng.choice([rng.randint(310, 600), rng.randint(4301, 6000)])
     sign = rng.choice(["", "-"])
     what = set_number(rng, data, [HUGE]).replace(repr(HUGE), f"{sign}1e{digits - 1} as an integer")
-    return Case(what, dumps(data).replace(json.dumps(HUGE).encode(), f"{sign}1{'0' * (digits - 1)}".encode()))
+    return Case(
+        what,
+        dumps(data).replace(json.dumps(HUGE).encode(), f"{sign}1{'0' * (digits - 1)}".encode()),
+    )
 
 
 def m_huge_floats(rng: random.Random, base: dict) -> Case:
@@ -392,7 +422,9 @@ def m_non_utf8(rng: random.Random, base: dict) -> Case:
         return Case("Latin-1 id", json.dumps({**base, "id": "souris-\xe9"}).encode("latin-1"))
     position = rng.randrange(len(text))
     bad = rng.choice([b"\xff", b"\xfe", b"\xc3", b"\x80", b"\xed\xa0\x80"])
-    return Case(f"invalid UTF-8 {bad!r} at byte {position}", text[:position] + bad + text[position:])
+    return Case(
+        f"invalid UTF-8 {bad!r} at byte {position}", text[:position] + bad + text[position:]
+    )
 
 
 def m_nested_garbage(rng: random.Random, base: dict) -> Case:
@@ -416,16 +448,33 @@ def m_nested_garbage(rng: random.Random, base: dict) -> Case:
 def m_deep_nesting(rng: random.Random, base: dict) -> Case:
     depth = rng.choice([2_000, 10_000, 100_000])
     opener, closer = rng.choice([(b"[", b"]"), (b'{"a":', b"}")])
-    return Case(f"frames nested {depth} deep",
-                b'{"id": "x", "frames": ' + opener * depth + b"1" + closer * depth + b"}")
+    return Case(
+        f"frames nested {depth} deep",
+        b'{"id": "x", "frames": ' + opener * depth + b"1" + closer * depth + b"}",
+    )
 
 
 def m_list_file(rng: random.Random, base: dict) -> Case:
     entries = [
-        b"", b"   ", b"\t", b"# a comment", b"sample", b" sample ", b"./sample", b"sample/",
-        b"missing_sample", b"sample/" + CAMERA_FILE.encode(), b"sample/images/cam_00.png",
-        b"list.txt", b"/", b"..", b"/nonexistent/sample", b"sam\x00ple", b"\xff\xfe",
-        b"sample\r", b"caches",
+        b"",
+        b"   ",
+        b"\t",
+        b"# a comment",
+        b"sample",
+        b" sample ",
+        b"./sample",
+        b"sample/",
+        b"missing_sample",
+        b"sample/" + CAMERA_FILE.encode(),
+        b"sample/images/cam_00.png",
+        b"list.txt",
+        b"/",
+        b"..",
+        b"/nonexistent/sample",
+        b"sam\x00ple",
+        b"\xff\xfe",
+        b"sample\r",
+        b"caches",
     ]
     lines = [rng.choice(entries) for _ in range(rng.randint(0, 4))]
     separator = rng.choice([b"\n", b"\r\n", b"\n\n"])
@@ -466,7 +515,9 @@ def m_png_corrupt(rng: random.Random, base: dict, png: bytes) -> Case:
             out[rng.randrange(len(out))] = rng.randrange(256)
         return Case("PNG with random bytes overwritten", png=bytes(out))
     if roll < 0.65:
-        return Case("random bytes as PNG", png=bytes(rng.randrange(256) for _ in range(rng.randint(0, 300))))
+        return Case(
+            "random bytes as PNG", png=bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
+        )
     if roll < 0.8:
         size = rng.choice([(16, 16), (SIZE, SIZE + 1), (1, 1)])
         buffer = io.BytesIO()
@@ -505,17 +556,17 @@ PNG_KINDS = {"png_corrupt", "png_huge_header"}
 
 BUGS = {
     "huge_ints": "reader.py _number/_rigid_w2c: an integer beyond float range (1e400 written without "
-                 "a dot) raises OverflowError; read_sample: one over 4300 digits raises ValueError "
-                 "from json.loads; neither is a DataError",
+    "a dot) raises OverflowError; read_sample: one over 4300 digits raises ValueError "
+    "from json.loads; neither is a DataError",
     "huge_floats": "reader accepts fx/cx/translation up to 1.8e308 (and fx down to 1e-320); "
-                   "MultiViewDataset casts to float32 and returns inf (or 0) intrinsics / c2w",
+    "MultiViewDataset casts to float32 and returns inf (or 0) intrinsics / c2w",
     "deep_nesting": "reader.py read_sample: json.loads raises RecursionError on deeply nested JSON",
     "list_long_names": "reader.py read_sample: folder.is_dir() raises OSError (File name too long) for a "
-                       "list entry with a name over 255 bytes",
+    "list entry with a name over 255 bytes",
     "bad_file_path": "reader.py load_view/_cache_path: stat() raises ValueError for a file_path with "
-                     "a NUL or an unencodable character; only OSError is caught",
+    "a NUL or an unencodable character; only OSError is caught",
     "png_huge_header": "reader.py _decode_resized: PIL's DecompressionBombError (a PNG declaring "
-                       "> 179 M pixels) is not caught",
+    "> 179 M pixels) is not caught",
 }
 
 
@@ -540,15 +591,20 @@ def test_fuzz_reader(workspace: Workspace, kind: str) -> None:
     failures, outcomes = [], {}
     start = time.perf_counter()
     for iteration in range(ITERATIONS_PER_KIND):
-        case = (mutate(rng, workspace.camera, workspace.png_bytes) if kind in PNG_KINDS
-                else mutate(rng, workspace.camera))
+        case = (
+            mutate(rng, workspace.camera, workspace.png_bytes)
+            if kind in PNG_KINDS
+            else mutate(rng, workspace.camera)
+        )
         failure = run_case(workspace, case)
         if failure is not None:
             failures.append(f"[{kind} #{iteration}] {failure}")
         else:
             outcomes[workspace.last_outcome] = outcomes.get(workspace.last_outcome, 0) + 1
     print(f"{kind}: {outcomes}, {len(failures)} failures in {time.perf_counter() - start:.2f} s")
-    assert not failures, f"{len(failures)} of {ITERATIONS_PER_KIND} cases misbehaved:\n" + "\n".join(failures[:8])
+    assert not failures, (
+        f"{len(failures)} of {ITERATIONS_PER_KIND} cases misbehaved:\n" + "\n".join(failures[:8])
+    )
     # A kind that never reaches the reader's checks (everything refused by an earlier one) or
     # never gets refused tests little: the error kinds must be refused at least sometimes.
     if kind not in ("list_file",):
@@ -571,7 +627,9 @@ def clean(workspace: Workspace):
 
 
 @pytest.mark.parametrize("field,digits", [("fx", 400), ("w2c", 400), ("fx", 5000)])
-def test_integer_beyond_float_range_is_a_data_error(clean: Workspace, field: str, digits: int) -> None:
+def test_integer_beyond_float_range_is_a_data_error(
+    clean: Workspace, field: str, digits: int
+) -> None:
     data = copy.deepcopy(clean.camera)
     if field == "fx":
         data["frames"][0]["fx"] = HUGE
@@ -584,7 +642,9 @@ def test_integer_beyond_float_range_is_a_data_error(clean: Workspace, field: str
 
 
 def test_deeply_nested_camera_json_is_a_data_error(clean: Workspace) -> None:
-    (clean.sample / CAMERA_FILE).write_bytes(b'{"frames": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    (clean.sample / CAMERA_FILE).write_bytes(
+        b'{"frames": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    )
     with pytest.raises(DataError, match=CAMERA_FILE):
         read_sample(clean.sample)
 

@@ -27,7 +27,9 @@ from trainables.gslrm.data.reader import (
 SIZE = 16
 
 
-def look_at_c2w(centre: Any, target: Any = (0.0, 0.0, 0.0), up: Any = (0.0, 0.0, 1.0)) -> np.ndarray:
+def look_at_c2w(
+    centre: Any, target: Any = (0.0, 0.0, 0.0), up: Any = (0.0, 0.0, 1.0)
+) -> np.ndarray:
     """OpenCV camera-to-world (x right, y down, z forward) at `centre` looking at `target`."""
     centre, target, up = (np.asarray(v, dtype=np.float64) for v in (centre, target, up))
     z = (target - centre) / np.linalg.norm(target - centre)
@@ -40,9 +42,16 @@ def look_at_c2w(centre: Any, target: Any = (0.0, 0.0, 0.0), up: Any = (0.0, 0.0,
 
 def ring_c2w(n: int, radius: float = 2.0, elevation_deg: float = 20.0) -> list[np.ndarray]:
     el = math.radians(elevation_deg)
-    return [look_at_c2w([radius * math.cos(el) * math.cos(a), radius * math.cos(el) * math.sin(a),
-                         radius * math.sin(el)])
-            for a in np.linspace(0, 2 * math.pi, n, endpoint=False)]
+    return [
+        look_at_c2w(
+            [
+                radius * math.cos(el) * math.cos(a),
+                radius * math.cos(el) * math.sin(a),
+                radius * math.sin(el),
+            ]
+        )
+        for a in np.linspace(0, 2 * math.pi, n, endpoint=False)
+    ]
 
 
 def view_pixels(k: int, size: int = SIZE) -> np.ndarray:
@@ -50,20 +59,31 @@ def view_pixels(k: int, size: int = SIZE) -> np.ndarray:
     rgba = np.full((size, size, 4), 255, dtype=np.uint8)
     rgba[..., 3] = 0
     q = size // 4
-    rgba[q:3 * q, q:3 * q] = (10 * k + 5, 40, 80, 255)
+    rgba[q : 3 * q, q : 3 * q] = (10 * k + 5, 40, 80, 255)
     return rgba
 
 
-def write_sample(folder: Path, n_views: int = 2, size: int = SIZE,
-                 pixels: list[np.ndarray] | None = None) -> dict:
+def write_sample(
+    folder: Path, n_views: int = 2, size: int = SIZE, pixels: list[np.ndarray] | None = None
+) -> dict:
     """A sample folder with `n_views` RGBA views on a ring; returns the camera JSON written."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     frames = []
     for k, c2w in enumerate(ring_c2w(n_views)):
         name = f"images/cam_{k:02d}.png"
         Image.fromarray(pixels[k] if pixels else view_pixels(k, size), "RGBA").save(folder / name)
-        frames.append({"w": size, "h": size, "fx": 20.0 + k, "fy": 21.0 + k, "cx": 7.5, "cy": 8.0,
-                       "w2c": np.linalg.inv(c2w).tolist(), "file_path": name})
+        frames.append(
+            {
+                "w": size,
+                "h": size,
+                "fx": 20.0 + k,
+                "fy": 21.0 + k,
+                "cx": 7.5,
+                "cy": 8.0,
+                "w2c": np.linalg.inv(c2w).tolist(),
+                "file_path": name,
+            }
+        )
     data = {"id": folder.name, "frames": frames}
     write_json(folder, data)
     return data
@@ -82,10 +102,17 @@ def write_list(path: Path, entries: list[str | Path]) -> Path:
 
 
 def dataset_config(**overrides: Any) -> TrainerConfig:
-    base = {"model.image_tokenizer.image_size": SIZE, "model.image_tokenizer.patch_size": 8,
-            "model.gaussians.downsample": 1, "training.dataset.num_views": 2,
-            "training.dataset.num_input_views": 1, "mouse.use_mouse_dataset": True}
-    return apply_overrides(TrainerConfig(), base | {k.replace("__", "."): v for k, v in overrides.items()})
+    base = {
+        "model.image_tokenizer.image_size": SIZE,
+        "model.image_tokenizer.patch_size": 8,
+        "model.gaussians.downsample": 1,
+        "training.dataset.num_views": 2,
+        "training.dataset.num_input_views": 1,
+        "mouse.use_mouse_dataset": True,
+    }
+    return apply_overrides(
+        TrainerConfig(), base | {k.replace("__", "."): v for k, v in overrides.items()}
+    )
 
 
 # ----------------------------------------------------------------------------- good samples
@@ -111,8 +138,10 @@ def test_c2w_is_the_inverse_of_w2c(tmp_path: Path) -> None:
     data = write_sample(folder, n_views=2)
     data["frames"][0]["w2c"] = np.linalg.inv(c2w).tolist()
     write_json(folder, data)
-    item = MultiViewDataset(write_list(tmp_path / "list.txt", ["s0"]),
-                            dataset_config(training__dataset__cache_dir=str(tmp_path / "c")))[0]
+    item = MultiViewDataset(
+        write_list(tmp_path / "list.txt", ["s0"]),
+        dataset_config(training__dataset__cache_dir=str(tmp_path / "c")),
+    )[0]
     got = item["input_c2w"][0].double().numpy()
     np.testing.assert_allclose(got, c2w, atol=1e-6)
     assert got[:3, 3].tolist() == pytest.approx([0, -3, 0])  # camera centre
@@ -131,9 +160,20 @@ def test_facelift_style_sample(tmp_path: Path) -> None:
     frames = []
     for k, c2w in enumerate(ring_c2w(32, radius=2.7, elevation_deg=20.0)):
         (folder / "images" / f"cam_{k}.png").write_bytes(png)
-        frames.append({"w": 512, "h": 512, "fx": 548.99, "fy": 548.99, "cx": 256.0, "cy": 256.0,
-                       "w2c": np.linalg.inv(c2w).tolist(), "file_path": f"images/cam_{k}.png",
-                       "blender_camera_name": f"Camera.{k:03d}", "camera_angle_x": 0.8575})
+        frames.append(
+            {
+                "w": 512,
+                "h": 512,
+                "fx": 548.99,
+                "fy": 548.99,
+                "cx": 256.0,
+                "cy": 256.0,
+                "w2c": np.linalg.inv(c2w).tolist(),
+                "file_path": f"images/cam_{k}.png",
+                "blender_camera_name": f"Camera.{k:03d}",
+                "camera_angle_x": 0.8575,
+            }
+        )
     write_json(folder, {"id": "human_0001", "frames": frames, "scene_scale": 1.0})
 
     sample = read_sample(folder)
@@ -142,36 +182,48 @@ def test_facelift_style_sample(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 2.7, atol=1e-9)
     np.testing.assert_allclose(np.degrees(np.arcsin(centres[:, 2] / 2.7)), 20.0, atol=1e-9)
 
-    config = dataset_config(model__image_tokenizer__image_size=64, training__dataset__num_views=6,
-                            training__dataset__num_input_views=5, mouse__use_mouse_dataset=False,
-                            training__dataset__cache_dir=str(tmp_path / "cache"))
+    config = dataset_config(
+        model__image_tokenizer__image_size=64,
+        training__dataset__num_views=6,
+        training__dataset__num_input_views=5,
+        mouse__use_mouse_dataset=False,
+        training__dataset__cache_dir=str(tmp_path / "cache"),
+    )
     item = MultiViewDataset(write_list(tmp_path / "data_train.txt", [folder.name]), config)[0]
     assert item["target_images"].shape == (6, 3, 64, 64)
-    np.testing.assert_allclose(item["target_intrinsics"][0].numpy(),
-                               [548.99 / 8, 548.99 / 8, 32.0, 32.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        item["target_intrinsics"][0].numpy(), [548.99 / 8, 548.99 / 8, 32.0, 32.0], rtol=1e-6
+    )
     # 512 -> 64 shrinks the 32 px square to 4 px: its centre is still the square's colour
-    np.testing.assert_allclose(item["target_images"][0, :, 32, 32].numpy(),
-                               np.array([90, 60, 30]) / 255, atol=2 / 255)
+    np.testing.assert_allclose(
+        item["target_images"][0, :, 32, 32].numpy(), np.array([90, 60, 30]) / 255, atol=2 / 255
+    )
     assert item["target_alpha"][0, 0, 0, 0] == 0 and item["target_alpha"][0, 0, 32, 32] == 1
 
 
-def test_list_entries_relative_to_list_file_and_absolute(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_entries_relative_to_list_file_and_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_sample(tmp_path / "data" / "samples" / "a")
     write_sample(tmp_path / "data" / "samples" / "b")
-    list_file = write_list(tmp_path / "data" / "lists" / "train.txt", [
-        "# comment lines and blank lines are skipped",
-        "../samples/a",
-        "",
-        str(tmp_path / "data" / "samples" / "b"),
-    ])
+    list_file = write_list(
+        tmp_path / "data" / "lists" / "train.txt",
+        [
+            "# comment lines and blank lines are skipped",
+            "../samples/a",
+            "",
+            str(tmp_path / "data" / "samples" / "b"),
+        ],
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     # From this CWD "../samples/a" does not exist: only list-file-relative resolution finds it.
     monkeypatch.chdir(elsewhere)
     assert not Path("../samples/a").exists()
     folders = read_list_file(Path(os.path.relpath(list_file, elsewhere)))
-    assert [f.resolve() for f in folders] == [(tmp_path / "data" / "samples" / n).resolve() for n in "ab"]
+    assert [f.resolve() for f in folders] == [
+        (tmp_path / "data" / "samples" / n).resolve() for n in "ab"
+    ]
     assert [read_sample(f).sample_id for f in folders] == ["a", "b"]
     dataset = MultiViewDataset(list_file, dataset_config())
     assert len(dataset) == 2 and dataset[1]["input_images"].shape == (1, 3, SIZE, SIZE)
@@ -185,11 +237,13 @@ def test_intrinsics_scale_with_resize(tmp_path: Path) -> None:
     np.testing.assert_allclose(scaled_intrinsics(frame, 128), [42.0, 44.0, 15.0, 16.0])
     wide = reader.Frame(128, 64, (100.0, 90.0, 64.0, 32.0), np.eye(4), Path("x.png"))
     np.testing.assert_allclose(scaled_intrinsics(wide, 32), [25.0, 45.0, 16.0, 16.0])
-    config = dataset_config(model__image_tokenizer__image_size=32,
-                            training__dataset__cache_dir=str(tmp_path / "c"))
+    config = dataset_config(
+        model__image_tokenizer__image_size=32, training__dataset__cache_dir=str(tmp_path / "c")
+    )
     item = MultiViewDataset(write_list(tmp_path / "l.txt", ["s0"]), config)[0]
-    np.testing.assert_allclose(item["target_intrinsics"].numpy(),
-                               [[10.0, 10.5, 3.75, 4.0], [10.5, 11.0, 3.75, 4.0]])
+    np.testing.assert_allclose(
+        item["target_intrinsics"].numpy(), [[10.0, 10.5, 3.75, 4.0], [10.5, 11.0, 3.75, 4.0]]
+    )
     assert item["target_images"].shape == (2, 3, 32, 32)
 
 
@@ -206,8 +260,10 @@ def half_transparent_sample(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("background", ["white", "black"])
 def test_alpha_compositing(tmp_path: Path, background: str) -> None:
     list_file = half_transparent_sample(tmp_path)
-    config = dataset_config(training__dataset__background_color=background,
-                            training__dataset__cache_dir=str(tmp_path / "c"))
+    config = dataset_config(
+        training__dataset__background_color=background,
+        training__dataset__cache_dir=str(tmp_path / "c"),
+    )
     item = MultiViewDataset(list_file, config)[0]
     a = 128 / 255
     bg = 1.0 if background == "white" else 0.0
@@ -216,8 +272,9 @@ def test_alpha_compositing(tmp_path: Path, background: str) -> None:
     np.testing.assert_allclose(item["target_alpha"][0, 0, 0, 0].item(), a, atol=1e-6)
     # fully transparent pixels become the background, opaque ones keep their colour
     np.testing.assert_allclose(item["input_images"][0, :, 1, 1].numpy(), [bg] * 3)
-    np.testing.assert_allclose(item["input_images"][0, :, 8, 8].numpy(), np.array([5, 40, 80]) / 255,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        item["input_images"][0, :, 8, 8].numpy(), np.array([5, 40, 80]) / 255, atol=1e-6
+    )
     assert item["background"].tolist() == [bg] * 3
 
 
@@ -232,11 +289,13 @@ def test_composite_directly() -> None:
 
 def test_remove_alpha_false_leaves_rgb_as_stored(tmp_path: Path) -> None:
     list_file = half_transparent_sample(tmp_path)
-    config = dataset_config(training__dataset__remove_alpha=False,
-                            training__dataset__cache_dir=str(tmp_path / "c"))
+    config = dataset_config(
+        training__dataset__remove_alpha=False, training__dataset__cache_dir=str(tmp_path / "c")
+    )
     item = MultiViewDataset(list_file, config)[0]
-    np.testing.assert_allclose(item["input_images"][0, :, 0, 0].numpy(), [200 / 255, 100 / 255, 0.0],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        item["input_images"][0, :, 0, 0].numpy(), [200 / 255, 100 / 255, 0.0], atol=1e-7
+    )
     # the stored RGB of a fully transparent pixel is white here, and stays white
     np.testing.assert_allclose(item["input_images"][0, :, 1, 1].numpy(), [1.0, 1.0, 1.0])
     np.testing.assert_allclose(item["target_alpha"][0, 0, 0, 0].item(), 128 / 255, atol=1e-6)
@@ -413,9 +472,23 @@ def _bad_w2c(kind: str) -> Any:
         (lambda d: _frame0(d, file_path=""), "'file_path' must be a non-empty string"),
         (lambda d: {"id": "x", "frames": [d["frames"][0], 3]}, "frame 1: expected an object"),
     ],
-    ids=["frames-dict", "frames-empty", "top-level-list", "w2c-3x4", "w2c-ragged", "w2c-nan",
-         "w2c-scaled", "w2c-mirrored", "w2c-last-row", "w2c-missing", "fx-negative", "cy-string",
-         "w-fractional", "file-path-empty", "frame-not-object"],
+    ids=[
+        "frames-dict",
+        "frames-empty",
+        "top-level-list",
+        "w2c-3x4",
+        "w2c-ragged",
+        "w2c-nan",
+        "w2c-scaled",
+        "w2c-mirrored",
+        "w2c-last-row",
+        "w2c-missing",
+        "fx-negative",
+        "cy-string",
+        "w-fractional",
+        "file-path-empty",
+        "frame-not-object",
+    ],
 )
 def test_bad_camera_json(tmp_path: Path, mutate: Any, reason: str) -> None:
     folder = tmp_path / "s0"
@@ -487,8 +560,9 @@ def test_png_size_differs_from_camera_file(tmp_path: Path) -> None:
     Image.new("RGBA", (SIZE + 4, SIZE)).save(frame.image_path)
     with pytest.raises(DataError) as info:
         load_view(frame, SIZE)
-    assert str(info.value) == (f"{frame.image_path}: image is {SIZE + 4}x{SIZE} but the camera "
-                               f"file says {SIZE}x{SIZE}")
+    assert str(info.value) == (
+        f"{frame.image_path}: image is {SIZE + 4}x{SIZE} but the camera file says {SIZE}x{SIZE}"
+    )
 
 
 def test_fewer_views_than_num_views(tmp_path: Path) -> None:
@@ -506,7 +580,7 @@ def test_fewer_views_than_num_views(tmp_path: Path) -> None:
 def test_generated_dataset_reads_back(tmp_path: Path) -> None:
     synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=0)
-    folders = (read_list_file(summary["train_list"]) + read_list_file(summary["val_list"]))
+    folders = read_list_file(summary["train_list"]) + read_list_file(summary["val_list"])
     assert len(folders) == 4
     rigs = []
     for folder in folders:

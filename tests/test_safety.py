@@ -37,7 +37,10 @@ def test_dashboard_host_defaults_to_loopback() -> None:
 
     args = parser().parse_args(["mouse_loss_sweep"])
     assert args.dashboard_host == "127.0.0.1"
-    assert parser().parse_args(["mouse_loss_sweep", "--smoke", "--resume"]).dashboard_host == "127.0.0.1"
+    assert (
+        parser().parse_args(["mouse_loss_sweep", "--smoke", "--resume"]).dashboard_host
+        == "127.0.0.1"
+    )
 
 
 def fake_ray(calls: list[dict[str, Any]], url: str) -> types.ModuleType:
@@ -76,8 +79,9 @@ def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(monkeypatch: pytest.MonkeyPatch,
-                                                               clean_auth_env: Path) -> None:
+def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(
+    monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
+) -> None:
     from study.run import start_ray
 
     calls: list[dict[str, Any]] = []
@@ -88,8 +92,9 @@ def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(monkeypatch: pyte
     assert "dashboard_host" not in kwargs and "include_dashboard" not in kwargs
 
 
-def test_joining_a_cluster_sends_the_local_auth_token(monkeypatch: pytest.MonkeyPatch,
-                                                     clean_auth_env: Path) -> None:
+def test_joining_a_cluster_sends_the_local_auth_token(
+    monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
+) -> None:
     """`ray start --head` requires the token when ~/.ray/auth_token exists; ray.init(address=...)
     sends it only under RAY_AUTH_MODE=token."""
     from study.run import send_auth_token_if_available
@@ -105,18 +110,23 @@ def test_joining_a_cluster_sends_the_local_auth_token(monkeypatch: pytest.Monkey
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
 
 
-def test_a_cluster_that_refuses_us_is_one_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                      clean_auth_env: Path) -> None:
+def test_a_cluster_that_refuses_us_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
+) -> None:
     from study.run import StudyError, start_ray
 
     module = types.ModuleType("ray")
 
     def init(**kwargs: Any) -> None:
-        raise ConnectionError("Failed to connect to GCS.\nFailed to connect to Ray cluster at 10.0.0.5:6379")
+        raise ConnectionError(
+            "Failed to connect to GCS.\nFailed to connect to Ray cluster at 10.0.0.5:6379"
+        )
 
     module.init = init  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ray", module)
-    with pytest.raises(StudyError, match=r"--address 10.0.0.5:6379: could not join .*at 10.0.0.5:6379.*auth_token"):
+    with pytest.raises(
+        StudyError, match=r"--address 10.0.0.5:6379: could not join .*at 10.0.0.5:6379.*auth_token"
+    ):
         start_ray("10.0.0.5:6379", 1, {}, "127.0.0.1")
 
 
@@ -136,20 +146,38 @@ def test_wandb_api_key_is_not_written_by_a_training_run(tmp_path: Path) -> None:
     data = generate_dataset(tmp_path / "data", samples=3, size=32, seed=0)
     out = tmp_path / "run"
     env = dict(os.environ)
-    env.update({
-        "WANDB_API_KEY": SECRET,
-        # keep W&B's own folders inside tmp_path so they are searched too
-        "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
-        "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
-        "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
-        "WANDB_MODE": "offline",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
-    })
-    sets = [f"training.dataset.dataset_path={data['train_list']}", "training.schedule.max_steps=2",
-            "validation.val_every=2", "model.image_tokenizer.image_size=32",
-            "training.logging.wandb.mode=offline", "training.logging.wandb.log_every=1",
-            "training.dataloader.num_workers=0", "validation.max_items=1"]
-    argv = [sys.executable, "-m", "trainables.gslrm.train", "--config", str(SMOKE), "--out", str(out)]
+    env.update(
+        {
+            "WANDB_API_KEY": SECRET,
+            # keep W&B's own folders inside tmp_path so they are searched too
+            "WANDB_CONFIG_DIR": str(tmp_path / "wandb_config"),
+            "WANDB_CACHE_DIR": str(tmp_path / "wandb_cache"),
+            "WANDB_DATA_DIR": str(tmp_path / "wandb_data"),
+            "WANDB_MODE": "offline",
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])
+            ),
+        }
+    )
+    sets = [
+        f"training.dataset.dataset_path={data['train_list']}",
+        "training.schedule.max_steps=2",
+        "validation.val_every=2",
+        "model.image_tokenizer.image_size=32",
+        "training.logging.wandb.mode=offline",
+        "training.logging.wandb.log_every=1",
+        "training.dataloader.num_workers=0",
+        "validation.max_items=1",
+    ]
+    argv = [
+        sys.executable,
+        "-m",
+        "trainables.gslrm.train",
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+    ]
     for item in sets:
         argv += ["--set", item]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -166,16 +194,41 @@ def test_report_does_not_write_the_api_key(tmp_path: Path, monkeypatch: pytest.M
     study = tmp_path / "tiny_study"
     trial = study / "tune" / "train_fn_a0001_00000_0"
     trial.mkdir(parents=True)
-    (study / "study.json").write_text(json.dumps({
-        "study": "tiny_study", "objective": "val/psnr_fg", "mode": "max", "max_steps": 2,
-        "searched_keys": ["training.runtime.seed"], "command": sys.argv}))
+    (study / "study.json").write_text(
+        json.dumps(
+            {
+                "study": "tiny_study",
+                "objective": "val/psnr_fg",
+                "mode": "max",
+                "max_steps": 2,
+                "searched_keys": ["training.runtime.seed"],
+                "command": sys.argv,
+            }
+        )
+    )
     (trial / "params.json").write_text(json.dumps({"training.runtime.seed": 0}))
-    lines = [{"val/psnr_fg": 10.0 + step, "val/mask_iou": 0.2, "train/loss": 1.0 / step, "step": step,
-              "training_iteration": step, "trial_id": "a0001_00000"} for step in (1, 2)]
+    lines = [
+        {
+            "val/psnr_fg": 10.0 + step,
+            "val/mask_iou": 0.2,
+            "train/loss": 1.0 / step,
+            "step": step,
+            "training_iteration": step,
+            "trial_id": "a0001_00000",
+        }
+        for step in (1, 2)
+    ]
     (trial / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (trial / "trial_summary.json").write_text(json.dumps({
-        "trial_id": "a0001_00000", "status": "finished", "steps_run": 2,
-        "config": {"training.runtime.seed": 0}}))
+    (trial / "trial_summary.json").write_text(
+        json.dumps(
+            {
+                "trial_id": "a0001_00000",
+                "status": "finished",
+                "steps_run": 2,
+                "config": {"training.runtime.seed": 0},
+            }
+        )
+    )
     report = write_report(study)
     assert report.is_file() and (study / "report" / "trials.parquet").is_file()
     assert files_containing(study / "report", SECRET.encode()) == []
@@ -199,7 +252,10 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     path = tmp_path / "ckpts" / "ckpt_0000000000000005.pt"
     path.parent.mkdir()
-    torch.save({"model": {"w": torch.zeros(2)}, "param_update_step": 5, "payload": WritesMarker(marker)}, path)
+    torch.save(
+        {"model": {"w": torch.zeros(2)}, "param_update_step": 5, "payload": WritesMarker(marker)},
+        path,
+    )
 
     with pytest.raises(CheckpointError, match=path.name):
         read_checkpoint(path)
@@ -219,7 +275,9 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path: Path) -> None:
 def test_yaml_config_cannot_run_code(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     config = tmp_path / "evil.yaml"
-    config.write_text(SMOKE.read_text() + f'\nevil: !!python/object/apply:os.system ["touch {marker}"]\n')
+    config.write_text(
+        SMOKE.read_text() + f'\nevil: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
     with pytest.raises(ConfigError, match=str(config)):
         load_config(config)
     assert not marker.exists()
@@ -238,8 +296,9 @@ def test_set_override_cannot_run_code(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_train_cli_refuses_unsafe_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_cli_refuses_unsafe_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from trainables.gslrm.train import main as train_main
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -257,7 +316,16 @@ def test_train_cli_refuses_unsafe_yaml(tmp_path: Path, capsys: pytest.CaptureFix
 
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 UNSAFE_YAML_CALLS = {"unsafe_load", "unsafe_load_all", "full_load", "full_load_all"}
-PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+PICKLE_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "shelve",
+    "marshal",
+}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -297,9 +365,13 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
             root = node.module.split(".")[0]
             names = {alias.name for alias in node.names}
             if root in PICKLE_MODULES and names & {"load", "loads", "Unpickler", "*"}:
-                problems.append(f"{where(node)}: from {node.module} import {', '.join(sorted(names))}")
+                problems.append(
+                    f"{where(node)}: from {node.module} import {', '.join(sorted(names))}"
+                )
             if node.module == "torch" and "load" in names:
-                problems.append(f"{where(node)}: from torch import load (use torch.load(..., weights_only=True))")
+                problems.append(
+                    f"{where(node)}: from torch import load (use torch.load(..., weights_only=True))"
+                )
             if node.module == "yaml" and names & ({"load", "load_all"} | UNSAFE_YAML_CALLS):
                 problems.append(f"{where(node)}: from yaml import {', '.join(sorted(names))}")
         if not isinstance(node, ast.Call):
@@ -307,7 +379,11 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
         name = _dotted(node.func)
         parts = name.split(".")
         keywords = {kw.arg: kw.value for kw in node.keywords}
-        if len(parts) >= 2 and parts[-2] in PICKLE_MODULES and parts[-1] in ("load", "loads", "Unpickler"):
+        if (
+            len(parts) >= 2
+            and parts[-2] in PICKLE_MODULES
+            and parts[-1] in ("load", "loads", "Unpickler")
+        ):
             problems.append(f"{where(node)}: {name}(...)")
         if name == "torch.load":
             flag = keywords.get("weights_only")
@@ -324,8 +400,10 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
                 loader = keywords.get("Loader", node.args[1] if len(node.args) > 1 else None)
                 loader_name = _dotted(loader).rsplit(".", 1)[-1] if loader is not None else ""
                 if loader_name not in safe_loaders:
-                    problems.append(f"{where(node)}: yaml.{parts[1]} without a safe Loader "
-                                    f"({loader_name or 'none given'})")
+                    problems.append(
+                        f"{where(node)}: yaml.{parts[1]} without a safe Loader "
+                        f"({loader_name or 'none given'})"
+                    )
     return problems
 
 
@@ -361,8 +439,11 @@ np.load(path)
 def test_product_code_has_no_unsafe_deserialisation() -> None:
     files = [p for package in PRODUCT_PACKAGES for p in sorted((REPO / package).rglob("*.py"))]
     assert len(files) > 20, "product packages not found"
-    problems = [problem for path in files
-                for problem in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))]
+    problems = [
+        problem
+        for path in files
+        for problem in unsafe_calls(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+    ]
     assert problems == []
     # The one checkpoint loader exists and is covered by the scan above.
     assert "torch.load(" in (REPO / "trainables" / "gslrm" / "checkpoint.py").read_text()

@@ -23,9 +23,18 @@ import pytest
 from trainables.gslrm.data.synthetic import generate_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--set", "training.schedule.max_steps=20", "--set", "validation.val_every=10",
-        "--set", "training.checkpointing.checkpoint_every=10", "--set", "validation.max_items=2",
-        "--wandb", "disabled"]
+TINY = [
+    "--set",
+    "training.schedule.max_steps=20",
+    "--set",
+    "validation.val_every=10",
+    "--set",
+    "training.checkpointing.checkpoint_every=10",
+    "--set",
+    "validation.max_items=2",
+    "--wandb",
+    "disabled",
+]
 pytestmark = pytest.mark.slow
 
 
@@ -33,8 +42,12 @@ pytestmark = pytest.mark.slow
 def dataset(tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("data")
     info = generate_dataset(out, samples=8, size=64, rig="mouse6", seed=3)
-    return ["--set", f"training.dataset.dataset_path={info['train_list']}",
-            "--set", f"validation.dataset_path={info['val_list']}"]
+    return [
+        "--set",
+        f"training.dataset.dataset_path={info['train_list']}",
+        "--set",
+        f"validation.dataset_path={info['val_list']}",
+    ]
 
 
 def study_env() -> dict[str, str]:
@@ -44,8 +57,14 @@ def study_env() -> dict[str, str]:
 
 
 def run_study(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study.run", *args], cwd=REPO, env=study_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "study.run", *args],
+        cwd=REPO,
+        env=study_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -60,18 +79,36 @@ def ray_head(num_cpus: int = 2):
     at the end stops every Ray on the machine: fine on CI, where the test suite owns it."""
     port = free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    started = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                              f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                              "--disable-usage-stats"], env=study_env(), capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            "--disable-usage-stats",
+        ],
+        env=study_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert started.returncode == 0, started.stderr
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=study_env(), capture_output=True, timeout=120)
+        subprocess.run(
+            [ray_bin, "stop", "--force"], env=study_env(), capture_output=True, timeout=120
+        )
 
 
 def summaries(study_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(study_dir.glob("tune-*/*/trial_summary.json"))]
+    return [
+        json.loads(p.read_text()) for p in sorted(study_dir.glob("tune-*/*/trial_summary.json"))
+    ]
 
 
 def trial_folders(study_dir: Path) -> list[Path]:
@@ -83,11 +120,27 @@ def test_bad_study_and_bad_set_fail_before_ray(tmp_path):
     out = run_study(["no_such_study", "--storage", str(tmp_path)])
     assert out.returncode == 2
     assert "unknown study 'no_such_study'" in out.stderr and "mouse_loss_sweep" in out.stderr
-    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path),
-                     "--set", "training.losses.ssim_weight=0.5"])
+    out = run_study(
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(tmp_path),
+            "--set",
+            "training.losses.ssim_weight=0.5",
+        ]
+    )
     assert out.returncode == 2 and "training.losses.ssim_weight" in out.stderr
-    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path),
-                     "--set", "training.losses.mask_threshold=2"])
+    out = run_study(
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(tmp_path),
+            "--set",
+            "training.losses.mask_threshold=2",
+        ]
+    )
     assert out.returncode == 2 and "training.losses.mask_threshold" in out.stderr
     out = run_study(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(tmp_path)])
     assert out.returncode == 2 and "nothing to resume" in out.stderr
@@ -98,8 +151,17 @@ def test_bad_study_and_bad_set_fail_before_ray(tmp_path):
 def test_unreachable_address_fails_in_seconds(tmp_path):
     port = free_port()  # a port nobody listens on
     start = time.monotonic()
-    out = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(tmp_path), "--address",
-                     f"127.0.0.1:{port}", *TINY])
+    out = run_study(
+        [
+            "mouse_loss_sweep",
+            "--smoke",
+            "--storage",
+            str(tmp_path),
+            "--address",
+            f"127.0.0.1:{port}",
+            *TINY,
+        ]
+    )
     assert out.returncode == 2 and "no Ray cluster answers" in out.stderr
     assert time.monotonic() - start < 30
 
@@ -107,17 +169,31 @@ def test_unreachable_address_fails_in_seconds(tmp_path):
 def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     """mouse_loss_sweep --smoke: Optuna proposes, Train workers report, the dashboard answers."""
     storage = tmp_path / "studies"
-    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
-           "--storage", str(storage), *TINY, *dataset]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.run",
+        "mouse_loss_sweep",
+        "--smoke",
+        "--num-samples",
+        "3",
+        "--storage",
+        str(storage),
+        *TINY,
+        *dataset,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines, dashboard_status = [], None
     deadline = time.monotonic() + 900
     for line in proc.stdout:
         lines.append(line)
         match = re.search(r"dashboard (http://127\.0\.0\.1:\d+)", line)
         if match and dashboard_status is None:
-            with urllib.request.urlopen(f"{match.group(1)}/api/gcs_healthz", timeout=10) as response:
+            with urllib.request.urlopen(
+                f"{match.group(1)}/api/gcs_healthz", timeout=10
+            ) as response:
                 dashboard_status = response.status
         assert time.monotonic() < deadline, "study took too long"
     assert proc.wait(timeout=60) == 0, "".join(lines[-40:])
@@ -129,9 +205,13 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     # ASHA may stop a weak trial after its first round (a stopped trial is killed, so the
     # report infers its status from its results); nothing errors
-    assert len(trials) == 3 and set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]
+    assert len(trials) == 3 and set(trials["status"]) <= {"finished", "stopped_early"}, trials[
+        "status"
+    ]
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
-    assert (trials["training.checkpointing.keep_last"] == 2).all()  # the study's default for run folders
+    assert (
+        trials["training.checkpointing.keep_last"] == 2
+    ).all()  # the study's default for run folders
     for folder in trial_folders(study_dir):
         # metrics came from a Ray Train worker group: its attempt log and Train-reported checkpoints
         trial_id = json.loads((folder / "result.json").read_text().splitlines()[0])["trial_id"]
@@ -142,17 +222,26 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
 
     import optuna
 
-    study = optuna.load_study(study_name="mouse_loss_sweep", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    study = optuna.load_study(
+        study_name="mouse_loss_sweep", storage=f"sqlite:///{study_dir / 'optuna.db'}"
+    )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     for trial in complete:
         assert "mouse.use_mouse_dataset" in trial.params and "training.optimizer.lr" in trial.params
         assert trial.value is not None
-    sampled = {(t.params["mouse.use_mouse_dataset"], t.params["training.optimizer.lr"]) for t in complete}
+    sampled = {
+        (t.params["mouse.use_mouse_dataset"], t.params["training.optimizer.lr"]) for t in complete
+    }
     assert len(sampled) == 3  # three distinct proposals
 
     report = (study_dir / "report" / "report.md").read_text()
-    for section in ("# Study report: mouse_loss_sweep", "## Best trials", "## Flags", "## Parameter importance"):
+    for section in (
+        "# Study report: mouse_loss_sweep",
+        "## Best trials",
+        "## Flags",
+        "## Parameter importance",
+    ):
         assert section in report
     for plot in ("fg_psnr_vs_mask_iou.png", "learning_curves.png"):
         assert (study_dir / "report" / plot).stat().st_size > 1000
@@ -171,10 +260,28 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
         "studies.STUDIES['asha_check'] = spec\n"
         "sys.exit(run.main(sys.argv[1:]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script, "asha_check", "--smoke", "--storage", str(storage),
-                          "--set", "training.schedule.max_steps=40", "--set", "training.schedule.warmup=2",
-                          *TINY[4:], *dataset], cwd=REPO, env=study_env(), capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "asha_check",
+            "--smoke",
+            "--storage",
+            str(storage),
+            "--set",
+            "training.schedule.max_steps=40",
+            "--set",
+            "training.schedule.warmup=2",
+            *TINY[4:],
+            *dataset,
+        ],
+        cwd=REPO,
+        env=study_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = storage / "asha_check"
     steps = {}
@@ -192,8 +299,21 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
 
 def test_join_cluster_started_with_ray_start(tmp_path, dataset):
     with ray_head() as address:
-        out = run_study(["view_order_ablation", "--smoke", "--seeds", "0", "--address", address,
-                         "--storage", str(tmp_path), *TINY, *dataset], timeout=900)
+        out = run_study(
+            [
+                "view_order_ablation",
+                "--smoke",
+                "--seeds",
+                "0",
+                "--address",
+                address,
+                "--storage",
+                str(tmp_path),
+                *TINY,
+                *dataset,
+            ],
+            timeout=900,
+        )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     done = summaries(tmp_path / "view_order_ablation")
     assert len(done) == 2 and {s["status"] for s in done} == {"finished"}
@@ -202,10 +322,27 @@ def test_join_cluster_started_with_ray_start(tmp_path, dataset):
 
 def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
     storage = tmp_path / "studies"
-    cmd = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--smoke", "--num-samples", "3",
-           "--storage", str(storage), *TINY, *dataset]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=study_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "study.run",
+        "mouse_loss_sweep",
+        "--smoke",
+        "--num-samples",
+        "3",
+        "--storage",
+        str(storage),
+        *TINY,
+        *dataset,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=study_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     study_dir = storage / "mouse_loss_sweep"
     deadline = time.monotonic() + 600
     while not summaries(study_dir) and time.monotonic() < deadline:
@@ -215,8 +352,10 @@ def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait(timeout=60)
 
-    out = run_study(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(storage), *TINY, *dataset],
-                    timeout=900)
+    out = run_study(
+        ["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(storage), *TINY, *dataset],
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     import pandas as pd
 
@@ -225,14 +364,21 @@ def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
     assert set(trials["status"]) <= {"finished", "stopped_early"}, trials["status"]
 
     again = run_study(["mouse_loss_sweep", "--smoke", "--storage", str(storage), *TINY, *dataset])
-    assert again.returncode == 2 and "--resume" in again.stderr  # a finished study is not silently re-run
+    assert (
+        again.returncode == 2 and "--resume" in again.stderr
+    )  # a finished study is not silently re-run
 
 
 def test_linked_keys_follow_their_leader_inside_the_trial():
     from trainables.ray_trainable import TrialSettings, trial_config
 
-    settings = TrialSettings(study="s", study_dir="/tmp/unused", tune_dir="/tmp/unused/tune-0", base_config=str(REPO / "configs/smoke.yaml"),
-                             linked={"training.losses.masked_ssim_loss": "training.losses.masked_l2_loss"})
+    settings = TrialSettings(
+        study="s",
+        study_dir="/tmp/unused",
+        tune_dir="/tmp/unused/tune-0",
+        base_config=str(REPO / "configs/smoke.yaml"),
+        linked={"training.losses.masked_ssim_loss": "training.losses.masked_l2_loss"},
+    )
     for masked in (False, True):
         config = trial_config(settings, {"training.losses.masked_l2_loss": masked})
         assert config.training.losses.masked_ssim_loss is masked

@@ -137,8 +137,14 @@ def test_alpha_is_exact_coverage(mouse6_dataset: tuple[Path, dict]) -> None:
             # 8 neighbours (the padding counts as background).
             pad = np.pad(alpha, 1)
             h, w = alpha.shape
-            neigh = np.stack([pad[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
-                              for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+            neigh = np.stack(
+                [
+                    pad[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+                    for dy in (-1, 0, 1)
+                    for dx in (-1, 0, 1)
+                    if dy or dx
+                ]
+            )
             frac = (alpha > 0) & (alpha < 255)
             has_edge = ((neigh == 0) | (neigh == 255)).any(axis=0)
             assert has_edge[frac].all()
@@ -194,8 +200,7 @@ def test_mouse6_rig_is_uneven() -> None:
 def test_turntable6_rig_is_even(turntable_dataset: tuple[Path, dict]) -> None:
     root, _ = turntable_dataset
     frames = _frames(_sample_dirs(root)[0])
-    centers = np.stack([syn.Camera(1, 1, 1, 1, 0, 0, np.asarray(f["w2c"])).center
-                        for f in frames])
+    centers = np.stack([syn.Camera(1, 1, 1, 1, 0, 0, np.asarray(f["w2c"])).center for f in frames])
     np.testing.assert_allclose(_azimuth_gaps(centers), 60.0, atol=1e-6)
     for f in frames:
         assert f["cx"] == f["cy"] == 16.0
@@ -285,12 +290,18 @@ def test_interrupted_run_resumes(tmp_path: Path) -> None:
 
 def test_two_processes_generating_at_once_write_it_once(tmp_path: Path) -> None:
     """Two studies started together share the cache: one generates, the other waits and reuses."""
-    code = ("import json, sys; from trainables.gslrm.data.synthetic import generate_dataset; "
-            "print(json.dumps(generate_dataset(sys.argv[1], samples=6, size=32, seed=3)))")
+    code = (
+        "import json, sys; from trainables.gslrm.data.synthetic import generate_dataset; "
+        "print(json.dumps(generate_dataset(sys.argv[1], samples=6, size=32, seed=3)))"
+    )
     repo = Path(__file__).resolve().parent.parent
     shared = tmp_path / "shared"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(shared)], cwd=repo, stdout=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(shared)], cwd=repo, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert sorted(r["cached"] for r in results) == [False, True]
@@ -301,8 +312,22 @@ def test_two_processes_generating_at_once_write_it_once(tmp_path: Path) -> None:
 
 def test_cli_and_contact_sheet(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.png"
-    rc = syn.main(["--out", str(tmp_path / "ds"), "--samples", "2", "--size", "16",
-                   "--rig", "turntable6", "--seed", "2", "--contact-sheet", str(sheet)])
+    rc = syn.main(
+        [
+            "--out",
+            str(tmp_path / "ds"),
+            "--samples",
+            "2",
+            "--size",
+            "16",
+            "--rig",
+            "turntable6",
+            "--seed",
+            "2",
+            "--contact-sheet",
+            str(sheet),
+        ]
+    )
     assert rc == 0
     with Image.open(sheet) as im:
         assert im.mode == "RGB"

@@ -24,20 +24,36 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    return generate_dataset(tmp_path_factory.mktemp("data"), samples=12, size=64, rig="mouse6", seed=5)
+    return generate_dataset(
+        tmp_path_factory.mktemp("data"), samples=12, size=64, rig="mouse6", seed=5
+    )
 
 
 def smoke(data: dict, *overrides: str):
-    return load_config(REPO / "configs/smoke.yaml", [
-        f"training.dataset.dataset_path={data['train_list']}", f"validation.dataset_path={data['val_list']}",
-        "training.logging.wandb.mode=disabled", *overrides])
+    return load_config(
+        REPO / "configs/smoke.yaml",
+        [
+            f"training.dataset.dataset_path={data['train_list']}",
+            f"validation.dataset_path={data['val_list']}",
+            "training.logging.wandb.mode=disabled",
+            *overrides,
+        ],
+    )
 
 
 def tiny(data: dict, *overrides: str):
     """32 px, 4 steps: for behaviour, not learning."""
-    return smoke(data, "model.image_tokenizer.image_size=32", "training.schedule.max_steps=4",
-                 "training.schedule.warmup=1", "validation.val_every=2", "training.checkpointing.checkpoint_every=2",
-                 "training.logging.wandb.log_every=1", "validation.max_items=2", *overrides)
+    return smoke(
+        data,
+        "model.image_tokenizer.image_size=32",
+        "training.schedule.max_steps=4",
+        "training.schedule.warmup=1",
+        "validation.val_every=2",
+        "training.checkpointing.checkpoint_every=2",
+        "training.logging.wandb.log_every=1",
+        "validation.max_items=2",
+        *overrides,
+    )
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -62,8 +78,10 @@ def test_smoke_config_learns_foreground(tmp_path, data):
     before = validate(untrained, val, config, torch.device("cpu"), contextlib.nullcontext(), None)
     result = train(config, tmp_path / "run")
     after = result.last_metrics
-    print(f"val/psnr_fg {before['val/psnr_fg']:.2f} -> {after['val/psnr_fg']:.2f} dB in "
-          f"{result.final_step} steps, {result.wall_s:.0f} s")
+    print(
+        f"val/psnr_fg {before['val/psnr_fg']:.2f} -> {after['val/psnr_fg']:.2f} dB in "
+        f"{result.final_step} steps, {result.wall_s:.0f} s"
+    )
     assert after["val/psnr_fg"] >= before["val/psnr_fg"] + 3.0
     assert (tmp_path / "run" / "pictures" / f"val_{result.final_step:08d}.png").is_file()
 
@@ -96,9 +114,17 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, data):
 
 def test_run_folder_keeps_only_the_newest_checkpoints(tmp_path, data):
     reported = []
-    config = tiny(data, "validation.val_every=1", "training.checkpointing.checkpoint_every=1",
-                  "training.checkpointing.keep_last=2")
-    train(config, tmp_path / "run", Hooks(report=lambda metrics, checkpoint: reported.append(checkpoint.name)))
+    config = tiny(
+        data,
+        "validation.val_every=1",
+        "training.checkpointing.checkpoint_every=1",
+        "training.checkpointing.keep_last=2",
+    )
+    train(
+        config,
+        tmp_path / "run",
+        Hooks(report=lambda metrics, checkpoint: reported.append(checkpoint.name)),
+    )
     assert reported == [f"ckpt_{step:016d}.pt" for step in (1, 2, 3, 4)]  # every one was handed on
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == reported[-2:]
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / reported[-1])["fwdbwd_pass_step"] == 4
@@ -112,26 +138,70 @@ def test_non_finite_loss_stops_with_diverged_error(tmp_path, data):
 
 def test_cli_trains_logs_checkpoints_and_resumes(tmp_path, data):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "trainables.gslrm.train", "--config", str(REPO / "configs/smoke.yaml"),
-            "--out", str(out), "--set", f"training.dataset.dataset_path={data['train_list']}",
-            "--set", "model.image_tokenizer.image_size=32", "--set", "training.schedule.max_steps=2",
-            "--set", "validation.val_every=2", "--set", "validation.max_items=2",
-            "--set", "training.checkpointing.checkpoint_every=2", "--set", "training.logging.wandb.mode=offline",
-            "--set", "training.logging.wandb.log_every=1"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [
+        sys.executable,
+        "-m",
+        "trainables.gslrm.train",
+        "--config",
+        str(REPO / "configs/smoke.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        f"training.dataset.dataset_path={data['train_list']}",
+        "--set",
+        "model.image_tokenizer.image_size=32",
+        "--set",
+        "training.schedule.max_steps=2",
+        "--set",
+        "validation.val_every=2",
+        "--set",
+        "validation.max_items=2",
+        "--set",
+        "training.checkpointing.checkpoint_every=2",
+        "--set",
+        "training.logging.wandb.mode=offline",
+        "--set",
+        "training.logging.wandb.log_every=1",
+    ]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     first = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     summary = json.loads(first.stdout.strip().splitlines()[-1])
     assert summary["final_step"] == 2 and "val/psnr_fg" in summary
     assert (out / "checkpoints" / "ckpt_0000000000000002.pt").is_file()
     keys = set().union(*read_log(out))
-    assert {"train/loss", "train/l2_loss", "train/ssim_loss", "train/background_loss", "train/mask_iou",
-            "val/psnr", "val/psnr_fg", "val/ssim", "val/mask_iou"} <= keys
+    assert {
+        "train/loss",
+        "train/l2_loss",
+        "train/ssim_loss",
+        "train/background_loss",
+        "train/mask_iou",
+        "val/psnr",
+        "val/psnr_fg",
+        "val/ssim",
+        "val/mask_iou",
+    } <= keys
     assert "val/lpips" not in keys  # no local LPIPS weights: left out, never faked
     assert list((out / "wandb_logs" / "wandb").glob("offline-run-*")), "no W&B offline run"
 
-    again = subprocess.run(args[:-4] + ["--set", "training.schedule.max_steps=4", "--set",
-                                        "training.logging.wandb.mode=disabled"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        args[:-4]
+        + [
+            "--set",
+            "training.schedule.max_steps=4",
+            "--set",
+            "training.logging.wandb.mode=disabled",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from" in again.stdout and "at step 2" in again.stdout

@@ -47,8 +47,12 @@ class TrialSettings:
     study_dir: str
     tune_dir: str  # the study's Tune experiment folder (STUDY_DIR/tune-<id>)
     base_config: str
-    overrides: dict[str, Any] = field(default_factory=dict)  # applied before the trial's sampled values
-    linked: dict[str, str] = field(default_factory=dict)  # follower key -> key whose value it copies
+    overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # applied before the trial's sampled values
+    linked: dict[str, str] = field(
+        default_factory=dict
+    )  # follower key -> key whose value it copies
     objective: str = "val/psnr_fg"
     mode: str = "max"
     num_workers: int = 1
@@ -64,8 +68,13 @@ def code_version() -> str:
     """git commit of the code when run from a checkout, else the package version."""
     try:
         here = Path(__file__).resolve().parent
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if commit.returncode == 0 and commit.stdout.strip():
             return commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -142,9 +151,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
     if rank == 0:
-        write_json_atomic(run_dir / "train_result.json", {
-            "steps_run": result.steps_run, "final_step": result.final_step, "wall_s": result.wall_s,
-            "gpu_s": result.gpu_s, "resumed_from_step": result.resumed_from_step})
+        write_json_atomic(
+            run_dir / "train_result.json",
+            {
+                "steps_run": result.steps_run,
+                "final_step": result.final_step,
+                "wall_s": result.wall_s,
+                "gpu_s": result.gpu_s,
+                "resumed_from_step": result.resumed_from_step,
+            },
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -156,7 +172,9 @@ def last_logged_step(run_dir: Path) -> int:
     log = run_dir / "metrics.jsonl"
     if not log.is_file():
         return 0
-    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    steps = [
+        json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()
+    ]
     return max(steps, default=0)
 
 
@@ -194,28 +212,50 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     run_dir = study_dir / "runs" / trial_id
     config = trial_config(settings, sampled)
     summary: dict[str, Any] = {
-        "trial_id": trial_id, "study": settings.study, "status": "running", "error": None,
-        "diverged_step": None, "steps_run": 0, "wall_s": 0.0, "gpu_s": 0.0, "restarts": 0,
-        "seed": config.training.runtime.seed, "code_version": code_version(),
-        "config": flat_config(config), "run_dir": str(run_dir),
+        "trial_id": trial_id,
+        "study": settings.study,
+        "status": "running",
+        "error": None,
+        "diverged_step": None,
+        "steps_run": 0,
+        "wall_s": 0.0,
+        "gpu_s": 0.0,
+        "restarts": 0,
+        "seed": config.training.runtime.seed,
+        "code_version": code_version(),
+        "config": flat_config(config),
+        "run_dir": str(run_dir),
     }
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s))
+    os.environ.setdefault(
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s)
+    )
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": config_to_dict(config), "trial_id": trial_id, "run_dir": str(run_dir)},
+        train_loop_config={
+            "config": config_to_dict(config),
+            "trial_id": trial_id,
+            "run_dir": str(run_dir),
+        },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker,
-                                  **({"GPU": settings.gpus_per_worker} if settings.use_gpu else {})}),
+            num_workers=settings.num_workers,
+            use_gpu=settings.use_gpu,
+            resources_per_worker={
+                "CPU": settings.cpus_per_worker,
+                **({"GPU": settings.gpus_per_worker} if settings.use_gpu else {}),
+            },
+        ),
         run_config=ray.train.RunConfig(
             name=f"{settings.study}-{trial_id}",
             storage_path=str(study_dir / "train"),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures,
-                                                   controller_failure_limit=settings.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=settings.max_failures, controller_failure_limit=settings.max_failures
+            ),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=settings.keep_checkpoints, checkpoint_score_attribute=settings.objective,
-                checkpoint_score_order=settings.mode),
+                num_to_keep=settings.keep_checkpoints,
+                checkpoint_score_attribute=settings.objective,
+                checkpoint_score_order=settings.mode,
+            ),
         ),
     )
     start = time.perf_counter()
@@ -240,8 +280,12 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     diverged = run_dir / DIVERGED_FILE
     if diverged.is_file():
         info = json.loads(diverged.read_text())
-        summary.update(status="diverged", error=info["error"], diverged_step=info["step"],
-                       steps_run=info["step"])
+        summary.update(
+            status="diverged",
+            error=info["error"],
+            diverged_step=info["step"],
+            steps_run=info["step"],
+        )
         error = RuntimeError(info["error"])
     elif error is not None:
         summary.update(status="errored", error=_root_cause(error))

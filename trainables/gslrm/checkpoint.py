@@ -38,8 +38,14 @@ PARAMETER_TABLE: list[tuple[str, str]] = [
     (r"patch_embedder\.1\.weight", r"patch_embedder.1.weight"),
     (r"input_layer_norm\.weight", r"input_layer_norm.weight"),
     (r"transformer_layers\.(\d+)\.(norm1|norm2)\.weight", r"transformer_layers.\1.\2.weight"),
-    (r"transformer_layers\.(\d+)\.attn\.(to_qkv|fc)\.weight", r"transformer_layers.\1.attn.\2.weight"),
-    (r"transformer_layers\.(\d+)\.mlp\.mlp\.(0|2)\.weight", r"transformer_layers.\1.mlp.mlp.\2.weight"),
+    (
+        r"transformer_layers\.(\d+)\.attn\.(to_qkv|fc)\.weight",
+        r"transformer_layers.\1.attn.\2.weight",
+    ),
+    (
+        r"transformer_layers\.(\d+)\.mlp\.mlp\.(0|2)\.weight",
+        r"transformer_layers.\1.mlp.mlp.\2.weight",
+    ),
     (r"gaussian_upsampler\.(layernorm|linear)\.weight", r"gaussian_upsampler.\1.weight"),
     (r"pixel_gaussian_decoder\.(0|1)\.weight", r"pixel_gaussian_decoder.\1.weight"),
 ]
@@ -62,11 +68,15 @@ class LoadReport:
     step: int
 
     def __str__(self) -> str:
-        return (f"loaded {self.loaded} tensors from {self.path} (step {self.step}); "
-                f"dropped {self.dropped} loss-network tensors ({', '.join(DROPPED_PREFIXES)})")
+        return (
+            f"loaded {self.loaded} tensors from {self.path} (step {self.step}); "
+            f"dropped {self.dropped} loss-network tensors ({', '.join(DROPPED_PREFIXES)})"
+        )
 
 
-def map_state_dict(source: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, list[str]]:
+def map_state_dict(
+    source: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], int, list[str]]:
     """FaceLift/our state_dict -> (our-named tensors, number dropped, names that map nowhere)."""
     mapped, dropped, unmapped = {}, 0, []
     compiled = [(re.compile(pattern), template) for pattern, template in PARAMETER_TABLE]
@@ -92,9 +102,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise CheckpointError(f"{path}: not a GS-LRM checkpoint (expected a dict with a 'model' state_dict)")
+        raise CheckpointError(
+            f"{path}: not a GS-LRM checkpoint (expected a dict with a 'model' state_dict)"
+        )
     return data
 
 
@@ -102,24 +116,34 @@ def checkpoint_step(data: dict[str, Any]) -> int:
     return int(data.get("param_update_step", data.get("fwdbwd_pass_step", 0)))
 
 
-def check_fits(model: nn.Module, mapped: dict[str, torch.Tensor], unmapped: list[str], path: str) -> None:
+def check_fits(
+    model: nn.Module, mapped: dict[str, torch.Tensor], unmapped: list[str], path: str
+) -> None:
     """Raise one CheckpointError listing every key or shape problem."""
     expected = model.state_dict()
     problems = []
-    mismatched = [k for k in expected if k in mapped and tuple(mapped[k].shape) != tuple(expected[k].shape)]
+    mismatched = [
+        k for k in expected if k in mapped and tuple(mapped[k].shape) != tuple(expected[k].shape)
+    ]
     if mismatched:
         first = mismatched[0]
-        problems.append(f"shape mismatch at {first}: checkpoint {list(mapped[first].shape)} vs model "
-                        f"{list(expected[first].shape)} ({len(mismatched)} mismatching tensors: "
-                        f"{', '.join(mismatched[:8])}{' ...' if len(mismatched) > 8 else ''})")
+        problems.append(
+            f"shape mismatch at {first}: checkpoint {list(mapped[first].shape)} vs model "
+            f"{list(expected[first].shape)} ({len(mismatched)} mismatching tensors: "
+            f"{', '.join(mismatched[:8])}{' ...' if len(mismatched) > 8 else ''})"
+        )
     missing = [k for k in expected if k not in mapped]
     if missing:
-        problems.append(f"missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}"
-                        f"{' ...' if len(missing) > 8 else ''}")
+        problems.append(
+            f"missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}"
+            f"{' ...' if len(missing) > 8 else ''}"
+        )
     unexpected = unmapped + [k for k in mapped if k not in expected]
     if unexpected:
-        problems.append(f"unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:8])}"
-                        f"{' ...' if len(unexpected) > 8 else ''}")
+        problems.append(
+            f"unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:8])}"
+            f"{' ...' if len(unexpected) > 8 else ''}"
+        )
     if problems:
         raise CheckpointError(f"{path} does not fit the model config: " + "; ".join(problems))
 
@@ -139,8 +163,14 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt_{step:016d}.pt"
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, step: int, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write atomically (temp file + rename): a crash leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +240,9 @@ def implied_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
-def inspect(path: str | Path, config_path: str | None = None, overrides: list[str] | None = None) -> str:
+def inspect(
+    path: str | Path, config_path: str | None = None, overrides: list[str] | None = None
+) -> str:
     from trainables.gslrm.config import load_config
     from trainables.gslrm.model import GSLRM
 
@@ -230,7 +262,9 @@ def inspect(path: str | Path, config_path: str | None = None, overrides: list[st
         lines.append("implied model: " + ", ".join(f"{k}={v}" for k, v in shape.items()))
     except KeyError as exc:
         lines.append(f"implied model: unknown (no {exc} tensor)")
-    lines.append("not readable from weights: d_head (any divisor of d gives the same shapes) and image_size")
+    lines.append(
+        "not readable from weights: d_head (any divisor of d gives the same shapes) and image_size"
+    )
     lines.append(f"has optimizer state: {'optimizer' in data}")
     if config_path:
         config = load_config(config_path, overrides or [])
@@ -245,13 +279,17 @@ def inspect(path: str | Path, config_path: str | None = None, overrides: list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainables.gslrm.checkpoint",
-                                     description="Inspect GS-LRM checkpoints (FaceLift's or ours).")
+    parser = argparse.ArgumentParser(
+        prog="python -m trainables.gslrm.checkpoint",
+        description="Inspect GS-LRM checkpoints (FaceLift's or ours).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("inspect", help="print step, parameter count, implied model shape")
     cmd.add_argument("path")
     cmd.add_argument("--config", help="trainer YAML to test loading against")
-    cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    cmd.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args(argv)
     try:
         print(inspect(args.path, args.config, args.set))

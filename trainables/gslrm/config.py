@@ -142,7 +142,9 @@ class RuntimeConfig:
     grad_clip_norm: float = 1.0
     grad_checkpoint_every: int = 0  # checkpoint every k-th transformer block; 0 = off
     seed: int = 777
-    inject_nan_loss_at_step: int = 0  # (ours, for fault tests) make the loss NaN at this step; 0 = off
+    inject_nan_loss_at_step: int = (
+        0  # (ours, for fault tests) make the loss NaN at this step; 0 = off
+    )
 
 
 @dataclass
@@ -150,7 +152,9 @@ class CheckpointingConfig:
     resume_ckpt: str = ""  # FaceLift-format or our checkpoint to start from
     reset_training_state: bool = True  # with resume_ckpt: load weights only
     checkpoint_every: int = 1000
-    keep_last: int = 0  # (ours) keep only the newest k checkpoints in the run folder; 0 = all (FaceLift)
+    keep_last: int = (
+        0  # (ours) keep only the newest k checkpoints in the run folder; 0 = all (FaceLift)
+    )
 
 
 @dataclass
@@ -301,7 +305,9 @@ def flat_config(config: TrainerConfig) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, Any]:
     """'a.b.c=value' -> ('a.b.c', value), the value parsed as a YAML scalar or list."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. training.losses.ssim_loss_weight=0.5")
+        raise ConfigError(
+            f"override {text!r}: expected KEY=VALUE, e.g. training.losses.ssim_loss_weight=0.5"
+        )
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
@@ -330,7 +336,9 @@ def apply_overrides(config: TrainerConfig, overrides: dict[str, Any]) -> Trainer
     return config_from_dict(data)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | list[str] | None = None) -> TrainerConfig:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | list[str] | None = None
+) -> TrainerConfig:
     """Read a YAML config (safe loader) and apply overrides (dict or 'key=value' strings)."""
     path = Path(path)
     if not path.is_file():
@@ -364,41 +372,85 @@ def validate(config: TrainerConfig) -> None:
     """Cross-field and range checks; raises ConfigError naming the first bad key."""
     tok, tr, gs = config.model.image_tokenizer, config.model.transformer, config.model.gaussians
     _check(tok.patch_size > 0, "model.image_tokenizer.patch_size", "must be > 0")
-    _check(tok.image_size > 0 and tok.image_size % tok.patch_size == 0,
-           "model.image_tokenizer.image_size", f"must be a positive multiple of patch_size ({tok.patch_size})")
-    _check(tok.in_channels == 9, "model.image_tokenizer.in_channels", "must be 9 (RGB + 6 ray channels)")
-    _check(tr.d > 0 and tr.d_head > 0 and tr.d % tr.d_head == 0,
-           "model.transformer.d", f"must be a positive multiple of d_head ({tr.d_head})")
+    _check(
+        tok.image_size > 0 and tok.image_size % tok.patch_size == 0,
+        "model.image_tokenizer.image_size",
+        f"must be a positive multiple of patch_size ({tok.patch_size})",
+    )
+    _check(
+        tok.in_channels == 9,
+        "model.image_tokenizer.in_channels",
+        "must be 9 (RGB + 6 ray channels)",
+    )
+    _check(
+        tr.d > 0 and tr.d_head > 0 and tr.d % tr.d_head == 0,
+        "model.transformer.d",
+        f"must be a positive multiple of d_head ({tr.d_head})",
+    )
     _check(tr.n_layer >= 1, "model.transformer.n_layer", "must be >= 1")
     _check(gs.n_gaussians >= 0, "model.gaussians.n_gaussians", "must be >= 0")
-    _check(gs.sh_degree == 0, "model.gaussians.sh_degree", "only 0 is supported (as in FaceLift's configs)")
-    _check(gs.upsampler.upsample_factor == 1, "model.gaussians.upsampler.upsample_factor", "only 1 is supported")
-    _check(gs.downsample >= 1 and tok.image_size % gs.downsample == 0,
-           "model.gaussians.downsample", f"must be >= 1 and divide image_size ({tok.image_size})")
-    _check(config.model.renderer.backend in ("auto", "gsplat", "torch"),
-           "model.renderer.backend", "must be auto, gsplat or torch")
+    _check(
+        gs.sh_degree == 0,
+        "model.gaussians.sh_degree",
+        "only 0 is supported (as in FaceLift's configs)",
+    )
+    _check(
+        gs.upsampler.upsample_factor == 1,
+        "model.gaussians.upsampler.upsample_factor",
+        "only 1 is supported",
+    )
+    _check(
+        gs.downsample >= 1 and tok.image_size % gs.downsample == 0,
+        "model.gaussians.downsample",
+        f"must be >= 1 and divide image_size ({tok.image_size})",
+    )
+    _check(
+        config.model.renderer.backend in ("auto", "gsplat", "torch"),
+        "model.renderer.backend",
+        "must be auto, gsplat or torch",
+    )
     _check(config.model.renderer.near_plane > 0, "model.renderer.near_plane", "must be > 0")
 
     ds = config.training.dataset
     _check(ds.num_views >= 2, "training.dataset.num_views", "must be >= 2")
-    _check(1 <= ds.num_input_views < ds.num_views, "training.dataset.num_input_views",
-           f"must be >= 1 and < num_views ({ds.num_views})")
-    _check(ds.background_color in ("white", "black"), "training.dataset.background_color", "must be white or black")
-    _check(not ds.maximize_view_overlap, "training.dataset.maximize_view_overlap",
-           "true is not supported (FaceLift's version has a known angle bug); use false")
+    _check(
+        1 <= ds.num_input_views < ds.num_views,
+        "training.dataset.num_input_views",
+        f"must be >= 1 and < num_views ({ds.num_views})",
+    )
+    _check(
+        ds.background_color in ("white", "black"),
+        "training.dataset.background_color",
+        "must be white or black",
+    )
+    _check(
+        not ds.maximize_view_overlap,
+        "training.dataset.maximize_view_overlap",
+        "true is not supported (FaceLift's version has a known angle bug); use false",
+    )
     dl = config.training.dataloader
     _check(dl.batch_size_per_gpu >= 1, "training.dataloader.batch_size_per_gpu", "must be >= 1")
     _check(dl.num_workers >= 0, "training.dataloader.num_workers", "must be >= 0")
 
     losses = config.training.losses
-    for name in ("l2_loss_weight", "ssim_loss_weight", "perceptual_loss_weight",
-                 "lpips_loss_weight", "background_loss_weight"):
+    for name in (
+        "l2_loss_weight",
+        "ssim_loss_weight",
+        "perceptual_loss_weight",
+        "lpips_loss_weight",
+        "background_loss_weight",
+    ):
         _check(getattr(losses, name) >= 0, f"training.losses.{name}", "must be >= 0")
     _check(0 < losses.mask_threshold < 1, "training.losses.mask_threshold", "must be in (0, 1)")
-    _check(0 < losses.mask_iou_threshold < 1, "training.losses.mask_iou_threshold", "must be in (0, 1)")
-    _check(len(losses.background_color_target) == 3
-           and all(0 <= c <= 1 for c in losses.background_color_target),
-           "training.losses.background_color_target", "must be 3 values in [0, 1]")
+    _check(
+        0 < losses.mask_iou_threshold < 1, "training.losses.mask_iou_threshold", "must be in (0, 1)"
+    )
+    _check(
+        len(losses.background_color_target) == 3
+        and all(0 <= c <= 1 for c in losses.background_color_target),
+        "training.losses.background_color_target",
+        "must be 3 values in [0, 1]",
+    )
 
     opt = config.training.optimizer
     _check(opt.lr > 0, "training.optimizer.lr", "must be > 0")
@@ -413,12 +465,26 @@ def validate(config: TrainerConfig) -> None:
     _check(rt.seed >= 0, "training.runtime.seed", "must be >= 0")
     _check(rt.grad_clip_norm > 0, "training.runtime.grad_clip_norm", "must be > 0")
     _check(rt.grad_checkpoint_every >= 0, "training.runtime.grad_checkpoint_every", "must be >= 0")
-    _check(config.training.checkpointing.checkpoint_every >= 1,
-           "training.checkpointing.checkpoint_every", "must be >= 1")
-    _check(config.training.checkpointing.keep_last >= 0, "training.checkpointing.keep_last", "must be >= 0")
-    _check(config.training.logging.wandb.mode in ("offline", "online", "disabled"),
-           "training.logging.wandb.mode", "must be offline, online or disabled")
-    _check(config.training.logging.wandb.log_every >= 1, "training.logging.wandb.log_every", "must be >= 1")
+    _check(
+        config.training.checkpointing.checkpoint_every >= 1,
+        "training.checkpointing.checkpoint_every",
+        "must be >= 1",
+    )
+    _check(
+        config.training.checkpointing.keep_last >= 0,
+        "training.checkpointing.keep_last",
+        "must be >= 0",
+    )
+    _check(
+        config.training.logging.wandb.mode in ("offline", "online", "disabled"),
+        "training.logging.wandb.mode",
+        "must be offline, online or disabled",
+    )
+    _check(
+        config.training.logging.wandb.log_every >= 1,
+        "training.logging.wandb.log_every",
+        "must be >= 1",
+    )
 
     _check(config.mouse.target_camera_distance > 0, "mouse.target_camera_distance", "must be > 0")
     val = config.validation

@@ -38,8 +38,9 @@ SCALE_BIAS, SCALE_MAX_LOG = 2.3, -1.2
 OPACITY_BIAS = 2.0
 
 
-def pixel_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int,
-               width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_rays(
+    c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through pixel centres.
 
     c2w: [..., 4, 4], intrinsics: [..., 4] (fx, fy, cx, cy)
@@ -100,7 +101,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, d: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, 4 * d, bias=False), nn.GELU(), nn.Linear(4 * d, d, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
@@ -156,15 +159,20 @@ class GSLRM(nn.Module):
         self.config = config
         self.patch_size = p
         self.grad_checkpoint_every = grad_checkpoint_every
-        self.gaussian_position_embeddings = nn.Parameter(torch.empty(config.gaussians.n_gaussians, d))
-        self.patch_embedder = nn.Sequential(Patchify(p), nn.Linear(config.image_tokenizer.in_channels * p * p, d,
-                                                                   bias=False))
+        self.gaussian_position_embeddings = nn.Parameter(
+            torch.empty(config.gaussians.n_gaussians, d)
+        )
+        self.patch_embedder = nn.Sequential(
+            Patchify(p), nn.Linear(config.image_tokenizer.in_channels * p * p, d, bias=False)
+        )
         self.input_layer_norm = nn.LayerNorm(d, bias=False)
         self.transformer_layers = nn.ModuleList(
-            Block(d, config.transformer.d_head) for _ in range(config.transformer.n_layer))
+            Block(d, config.transformer.d_head) for _ in range(config.transformer.n_layer)
+        )
         self.gaussian_upsampler = FreeGaussianHead(d)
         self.pixel_gaussian_decoder = nn.Sequential(
-            nn.LayerNorm(d, bias=False), nn.Linear(d, GAUSSIAN_CHANNELS * p * p, bias=False))
+            nn.LayerNorm(d, bias=False), nn.Linear(d, GAUSSIAN_CHANNELS * p * p, bias=False)
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -182,7 +190,9 @@ class GSLRM(nn.Module):
         rays = ray_features(origins, directions, self.config.use_custom_plucker)
         return torch.cat([images * 2 - 1, rays.permute(0, 1, 4, 2, 3).to(images.dtype)], dim=2)
 
-    def forward_raw(self, images: torch.Tensor, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_raw(
+        self, images: torch.Tensor, cameras: Cameras
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw decoder outputs before activation.
 
         images: [B, V, 3, H, W], cameras: [B, V]
@@ -194,7 +204,11 @@ class GSLRM(nn.Module):
         learned = self.gaussian_position_embeddings[None].expand(b, -1, -1).to(tokens.dtype)
         x = self.input_layer_norm(torch.cat([learned, tokens], dim=1))
         for index, block in enumerate(self.transformer_layers):
-            if self.training and self.grad_checkpoint_every and index % self.grad_checkpoint_every == 0:
+            if (
+                self.training
+                and self.grad_checkpoint_every
+                and index % self.grad_checkpoint_every == 0
+            ):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
@@ -213,7 +227,9 @@ class GSLRM(nn.Module):
         origins, directions = pixel_rays(cameras.c2w, cameras.intrinsics, h, w)
         k = self.config.gaussians.downsample
         if k > 1:
-            pixel, origins, directions = (t[:, :, k // 2::k, k // 2::k] for t in (pixel, origins, directions))
+            pixel, origins, directions = (
+                t[:, :, k // 2 :: k, k // 2 :: k] for t in (pixel, origins, directions)
+            )
         pixel = pixel.flatten(1, 3).float()
         origins, directions = origins.flatten(1, 3), directions.flatten(1, 3)
         if self.config.hard_pixelalign:

@@ -118,32 +118,58 @@ def lr_factor(step: int, warmup: int, max_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainerConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    model: torch.nn.Module, config: TrainerConfig, device: torch.device
+) -> torch.optim.AdamW:
     opt = config.training.optimizer
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=device.type == "cuda")
+    groups = [
+        {"params": decay, "weight_decay": opt.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=device.type == "cuda"
+    )
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def forward_render(model: torch.nn.Module, batch: dict[str, torch.Tensor], config: TrainerConfig,
-                   autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_render(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: TrainerConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs -> Gaussians -> target-view renders: rgb [B, Vt, 3, H, W], alpha [B, Vt, 1, H, W]."""
     with autocast:
-        gaussians = model(batch["input_images"], Cameras(batch["input_c2w"], batch["input_intrinsics"]))
+        gaussians = model(
+            batch["input_images"], Cameras(batch["input_c2w"], batch["input_intrinsics"])
+        )
     h, w = batch["target_images"].shape[-2:]
     renderer = config.model.renderer
-    return render(gaussians, Cameras(batch["target_c2w"], batch["target_intrinsics"]), h, w,
-                  batch["background"], backend=renderer.backend, near_plane=renderer.near_plane)
+    return render(
+        gaussians,
+        Cameras(batch["target_c2w"], batch["target_intrinsics"]),
+        h,
+        w,
+        batch["background"],
+        backend=renderer.backend,
+        near_plane=renderer.near_plane,
+    )
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader: DataLoader, config: TrainerConfig, device: torch.device,
-             autocast: contextlib.AbstractContextManager, picture_path: Path | None) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    config: TrainerConfig,
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager,
+    picture_path: Path | None,
+) -> dict[str, float]:
     """Mean of per-batch validation metrics; saves the picture of the first item."""
     was_training = model.training
     model.eval()
@@ -152,15 +178,27 @@ def validate(model: torch.nn.Module, loader: DataLoader, config: TrainerConfig, 
     for index, batch in enumerate(loader):
         batch = to_device(batch, device)
         rgb, _ = forward_render(model, batch, config, autocast)
-        metrics = compute_metrics(rgb, batch["target_images"], batch["target_alpha"], batch["background"],
-                                  config.validation.mask_iou_threshold)
+        metrics = compute_metrics(
+            rgb,
+            batch["target_images"],
+            batch["target_alpha"],
+            batch["background"],
+            config.validation.mask_iou_threshold,
+        )
         for key, value in metrics.items():
-            if math.isfinite(value):  # psnr_fg is NaN for items without foreground: skip, don't zero
+            if math.isfinite(
+                value
+            ):  # psnr_fg is NaN for items without foreground: skip, don't zero
                 sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + 1
         if index == 0 and picture_path is not None:
-            save_validation_grid(picture_path, batch["target_images"][0], rgb[0].float(),
-                                 batch["target_alpha"][0], batch["background"][0])
+            save_validation_grid(
+                picture_path,
+                batch["target_images"][0],
+                rgb[0].float(),
+                batch["target_alpha"][0],
+                batch["background"][0],
+            )
     model.train(was_training)
     return {f"val/{k}": sums[k] / counts[k] for k in sums}
 
@@ -182,7 +220,10 @@ class MetricsLog:
                 project=config.training.logging.wandb.project,
                 name=run_name or config.training.logging.wandb.exp_name or out_dir.name,
                 id=(run_name or out_dir.name).replace("/", "_")[:64],
-                resume="allow", dir=str(wandb_dir), mode=mode, config=flat_config(config),
+                resume="allow",
+                dir=str(wandb_dir),
+                mode=mode,
+                config=flat_config(config),
                 settings=wandb.Settings(silent=True, console="off"),
             )
 
@@ -215,9 +256,15 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not config.training.dataset.dataset_path:
-        raise ConfigError("training.dataset.dataset_path: empty; generate data with "
-                          "`python -m trainables.gslrm.data.synthetic --out DIR` and point it at DIR/data_train.txt")
-    losses_cfg, schedule, runtime = config.training.losses, config.training.schedule, config.training.runtime
+        raise ConfigError(
+            "training.dataset.dataset_path: empty; generate data with "
+            "`python -m trainables.gslrm.data.synthetic --out DIR` and point it at DIR/data_train.txt"
+        )
+    losses_cfg, schedule, runtime = (
+        config.training.losses,
+        config.training.schedule,
+        config.training.runtime,
+    )
     check_perceptual_available(losses_cfg.perceptual_loss_weight, losses_cfg.lpips_loss_weight)
     device = resolve_device(hooks)
 
@@ -228,7 +275,8 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     model = GSLRM(config.model, runtime.grad_checkpoint_every).to(device)
     optimizer = make_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.max_steps))
+        optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.max_steps)
+    )
 
     # Resume order: our own run's newest checkpoint, then the pretrained resume_ckpt.
     step = 0
@@ -255,27 +303,45 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     dl = config.training.dataloader
     train_set = MultiViewDataset(config.training.dataset.dataset_path, config)
     generator = torch.Generator()
-    train_loader = hooks.wrap_loader(DataLoader(
-        train_set, batch_size=dl.batch_size_per_gpu, shuffle=dl.shuffle, drop_last=len(train_set) >= dl.batch_size_per_gpu,
-        num_workers=dl.num_workers, generator=generator, persistent_workers=False,
-        pin_memory=device.type == "cuda"))
+    train_loader = hooks.wrap_loader(
+        DataLoader(
+            train_set,
+            batch_size=dl.batch_size_per_gpu,
+            shuffle=dl.shuffle,
+            drop_last=len(train_set) >= dl.batch_size_per_gpu,
+            num_workers=dl.num_workers,
+            generator=generator,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
+    )
     val_loader = None
     if hooks.is_main:
-        val_set = MultiViewDataset(validation_list_file(config), config, max_items=config.validation.max_items)
-        val_loader = DataLoader(val_set, batch_size=dl.batch_size_per_gpu, shuffle=False,
-                                num_workers=min(dl.num_workers, 1))
+        val_set = MultiViewDataset(
+            validation_list_file(config), config, max_items=config.validation.max_items
+        )
+        val_loader = DataLoader(
+            val_set,
+            batch_size=dl.batch_size_per_gpu,
+            shuffle=False,
+            num_workers=min(dl.num_workers, 1),
+        )
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ConfigError("training.dataloader.batch_size_per_gpu: larger than the training set")
-    if hooks.is_main:  # only once the data opened, so a failing re-run leaves a finished run as it was
+    if (
+        hooks.is_main
+    ):  # only once the data opened, so a failing re-run leaves a finished run as it was
         save_config(config, out_dir / "config.yaml")
 
     model = hooks.wrap_model(model)
     plain_model = getattr(model, "module", model)  # validation runs outside DDP
     use_amp = device.type == "cuda" and runtime.use_amp
     amp_dtype = torch.bfloat16 if runtime.amp_dtype == "bf16" else torch.float16
+
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     weights = loss_weights(config)
     log = MetricsLog(out_dir, config, hooks.wandb_run_name, enabled=hooks.is_main)
@@ -313,22 +379,34 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), runtime.grad_clip_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), runtime.grad_clip_norm
+                )
                 scaler.step(optimizer)  # skips the update when gradients are non-finite (fp16)
                 scaler.update()
                 scheduler.step()
                 step += 1
 
                 for key, value in terms.items():
-                    running[f"train/{key}"] = running.get(f"train/{key}", 0.0) + float(value.detach())
+                    running[f"train/{key}"] = running.get(f"train/{key}", 0.0) + float(
+                        value.detach()
+                    )
                 running_count += 1
                 if step % log_every == 0 or step == schedule.max_steps:
                     now = time.perf_counter()
                     record = {k: v / running_count for k, v in running.items()}
-                    record.update({"metrics/lr": scheduler.get_last_lr()[0], "metrics/grad_norm": float(grad_norm),
-                                   "metrics/iter_time": (now - step_start) / running_count,
-                                   "metrics/param_update_step": step, "metrics/epoch": epoch})
-                    record["metrics/time"] = time.time()  # wall clock, for start-up and overhead figures
+                    record.update(
+                        {
+                            "metrics/lr": scheduler.get_last_lr()[0],
+                            "metrics/grad_norm": float(grad_norm),
+                            "metrics/iter_time": (now - step_start) / running_count,
+                            "metrics/param_update_step": step,
+                            "metrics/epoch": epoch,
+                        }
+                    )
+                    record["metrics/time"] = (
+                        time.time()
+                    )  # wall clock, for start-up and overhead figures
                     log.log(record, step)
                     last_metrics.update(record)
                     running, running_count, step_start = {}, 0, now
@@ -339,36 +417,58 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                     if hooks.is_main:
                         if config.validation.save_pictures:
                             picture = out_dir / "pictures" / f"val_{step:08d}.png"
-                        metrics = validate(plain_model, val_loader, config, device, autocast(), picture)
+                        metrics = validate(
+                            plain_model, val_loader, config, device, autocast(), picture
+                        )
                         log.log(metrics, step, picture)
                         last_metrics.update(metrics)
                     checkpoint = None
                     due = step - last_ckpt_step >= config.training.checkpointing.checkpoint_every
                     if hooks.is_main and (due or step == schedule.max_steps):
-                        checkpoint = save_checkpoint(ckpt_dir / checkpoint_name(step), plain_model, optimizer,
-                                                     scheduler, step)
+                        checkpoint = save_checkpoint(
+                            ckpt_dir / checkpoint_name(step),
+                            plain_model,
+                            optimizer,
+                            scheduler,
+                            step,
+                        )
                         prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last)
                         last_ckpt_step = step
-                    hooks.report({**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {},
-                                 checkpoint)
+                    hooks.report(
+                        {**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {},
+                        checkpoint,
+                    )
                 if step >= schedule.max_steps:
                     break
     finally:
         log.close()
     wall = time.perf_counter() - start
-    return TrainResult(steps_run=step - resumed_from, final_step=step, wall_s=wall,
-                       gpu_s=wall if device.type == "cuda" else 0.0, last_metrics=last_metrics,
-                       resumed_from_step=resumed_from)
+    return TrainResult(
+        steps_run=step - resumed_from,
+        final_step=step,
+        wall_s=wall,
+        gpu_s=wall if device.type == "cuda" else 0.0,
+        last_metrics=last_metrics,
+        resumed_from_step=resumed_from,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trainables.gslrm.train",
-        description="Train GS-LRM without Ray. Resumes from OUT/checkpoints when it holds a checkpoint.")
+        description="Train GS-LRM without Ray. Resumes from OUT/checkpoints when it holds a checkpoint.",
+    )
     parser.add_argument("--config", required=True, help="trainer YAML, e.g. configs/smoke.yaml")
-    parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, pictures)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. training.losses.ssim_loss_weight=0.5")
+    parser.add_argument(
+        "--out", required=True, help="run folder (checkpoints, metrics.jsonl, pictures)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. training.losses.ssim_loss_weight=0.5",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
@@ -380,13 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:  # DataError, CheckpointError
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"final_step": result.final_step, "wall_s": round(result.wall_s, 1),
-                      **{k: v for k, v in result.last_metrics.items() if k.startswith("val/")}}))
+    print(
+        json.dumps(
+            {
+                "final_step": result.final_step,
+                "wall_s": round(result.wall_s, 1),
+                **{k: v for k, v in result.last_metrics.items() if k.startswith("val/")},
+            }
+        )
+    )
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-

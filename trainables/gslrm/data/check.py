@@ -48,8 +48,9 @@ def check_sample(folder: Path, num_views: int, image_size: int) -> SampleReport:
         return report
     if len(sample.frames) < num_views:
         # Same wording as MultiViewDataset, so the researcher sees the message training would give.
-        report.problems.append(f"{sample.folder}: has {len(sample.frames)} views, "
-                               f"fewer than num_views={num_views}")
+        report.problems.append(
+            f"{sample.folder}: has {len(sample.frames)} views, fewer than num_views={num_views}"
+        )
     for frame in sample.frames:
         try:
             load_view(frame, image_size, cache_dir=None)
@@ -86,13 +87,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m trainables.gslrm.data.check",
         description="Read every sample of a FaceLift-format list file the way training will "
-                    "and report each problem.")
+        "and report each problem.",
+    )
     parser.add_argument("list_file", type=Path, help="data_train.txt / data_val.txt")
-    parser.add_argument("--num-views", type=_positive_int, default=DatasetConfig().num_views,
-                        help="training.dataset.num_views (default %(default)s)")
-    parser.add_argument("--image-size", type=_positive_int,
-                        default=ImageTokenizerConfig().image_size,
-                        help="model.image_tokenizer.image_size (default %(default)s)")
+    parser.add_argument(
+        "--num-views",
+        type=_positive_int,
+        default=DatasetConfig().num_views,
+        help="training.dataset.num_views (default %(default)s)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=ImageTokenizerConfig().image_size,
+        help="model.image_tokenizer.image_size (default %(default)s)",
+    )
     return parser.parse_args(argv)
 
 

@@ -38,8 +38,9 @@ def default_cache_dir(list_file: Path, configured: str) -> Path:
     return Path(configured) if configured else Path(list_file).parent / ".view_cache"
 
 
-def select_views(num_available: int, num_views: int, rig_order: bool,
-                 rng: np.random.Generator) -> np.ndarray:
+def select_views(
+    num_available: int, num_views: int, rig_order: bool, rng: np.random.Generator
+) -> np.ndarray:
     """Camera indices for one item: [num_views] int64."""
     if num_available < num_views:
         raise DataError(f"sample has {num_available} views, fewer than num_views={num_views}")
@@ -48,8 +49,9 @@ def select_views(num_available: int, num_views: int, rig_order: bool,
     return rng.choice(num_available, size=num_views, replace=False)
 
 
-def split_views(view_ids: np.ndarray, num_input_views: int,
-                target_has_input: bool) -> tuple[np.ndarray, np.ndarray]:
+def split_views(
+    view_ids: np.ndarray, num_input_views: int, target_has_input: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(input ids [Vi], target ids [Vt]) from the selected views."""
     inputs = view_ids[:num_input_views]
     targets = view_ids if target_has_input else view_ids[num_input_views:]
@@ -92,8 +94,10 @@ class MultiViewDataset(Dataset):
         if index not in self._samples:
             sample = read_sample(self.folders[index])
             if len(sample.frames) < self.num_views:
-                raise DataError(f"{sample.folder}: has {len(sample.frames)} views, "
-                                f"fewer than num_views={self.num_views}")
+                raise DataError(
+                    f"{sample.folder}: has {len(sample.frames)} views, "
+                    f"fewer than num_views={self.num_views}"
+                )
             self._samples[index] = sample
         return self._samples[index]
 
@@ -107,8 +111,14 @@ class MultiViewDataset(Dataset):
         if self.normalize_cameras:
             c2w_all = normalize_rig(c2w_all, self.target_distance)
 
-        views = {int(i): composite(load_view(sample.frames[i], self.image_size, self.cache_dir),
-                                   self.background, self.remove_alpha) for i in view_ids}
+        views = {
+            int(i): composite(
+                load_view(sample.frames[i], self.image_size, self.cache_dir),
+                self.background,
+                self.remove_alpha,
+            )
+            for i in view_ids
+        }
         item: dict[str, torch.Tensor] = {}
         for prefix, ids in (("input", input_ids), ("target", target_ids)):
             rgbs = [views[int(i)][0] for i in ids]
@@ -117,7 +127,8 @@ class MultiViewDataset(Dataset):
             if prefix == "target":
                 item["target_alpha"] = torch.from_numpy(np.stack(alphas))
             item[f"{prefix}_intrinsics"] = torch.from_numpy(
-                np.stack([scaled_intrinsics(sample.frames[i], self.image_size) for i in ids])).float()
+                np.stack([scaled_intrinsics(sample.frames[i], self.image_size) for i in ids])
+            ).float()
             item[f"{prefix}_c2w"] = torch.from_numpy(c2w_all[ids]).float()
             item[f"{prefix}_view_ids"] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
         item["background"] = torch.from_numpy(self.background).float()

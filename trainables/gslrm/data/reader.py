@@ -115,10 +115,15 @@ def _rigid_w2c(value: object, where: str) -> np.ndarray:
     if np.abs(matrix).max() > MAX_MAGNITUDE:
         raise DataError(f"{where}: 'w2c' has values out of range")
     rotation = matrix[:3, :3]
-    if (np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3 or np.linalg.det(rotation) < 0
-            or np.abs(matrix[3] - [0, 0, 0, 1]).max() > 1e-6):
-        raise DataError(f"{where}: 'w2c' is not a rigid transform (rotation must be orthonormal, "
-                        "det +1, last row 0 0 0 1)")
+    if (
+        np.abs(rotation @ rotation.T - np.eye(3)).max() > 1e-3
+        or np.linalg.det(rotation) < 0
+        or np.abs(matrix[3] - [0, 0, 0, 1]).max() > 1e-6
+    ):
+        raise DataError(
+            f"{where}: 'w2c' is not a rigid transform (rotation must be orthonormal, "
+            "det +1, last row 0 0 0 1)"
+        )
     return matrix
 
 
@@ -144,12 +149,21 @@ def read_sample(folder: str | Path) -> Sample:
         width, height = _number(raw, "w", where, True), _number(raw, "h", where, True)
         if width != int(width) or height != int(height):
             raise DataError(f"{where}: 'w' and 'h' must be whole numbers")
-        intrinsics = tuple(_number(raw, k, where, k in ("fx", "fy")) for k in ("fx", "fy", "cx", "cy"))
+        intrinsics = tuple(
+            _number(raw, k, where, k in ("fx", "fy")) for k in ("fx", "fy", "cx", "cy")
+        )
         file_path = raw.get("file_path")
         if not isinstance(file_path, str) or not file_path:
             raise DataError(f"{where}: 'file_path' must be a non-empty string")
-        frames.append(Frame(int(width), int(height), intrinsics, _rigid_w2c(raw.get("w2c"), where),
-                            folder / file_path))
+        frames.append(
+            Frame(
+                int(width),
+                int(height),
+                intrinsics,
+                _rigid_w2c(raw.get("w2c"), where),
+                folder / file_path,
+            )
+        )
     return Sample(str(data.get("id", folder.name)), folder, tuple(frames))
 
 
@@ -157,8 +171,10 @@ def _cache_path(cache_dir: Path, frame: Frame, size: int) -> Path:
     # The camera's w/h is in the key so that a camera file edited to a wrong size is not
     # hidden by an older cache entry.
     stat = frame.image_path.stat()
-    key = (f"{frame.image_path.resolve()}|{frame.width}x{frame.height}|{size}|"
-           f"{stat.st_mtime_ns}|{stat.st_size}")
+    key = (
+        f"{frame.image_path.resolve()}|{frame.width}x{frame.height}|{size}|"
+        f"{stat.st_mtime_ns}|{stat.st_size}"
+    )
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
 
@@ -170,8 +186,10 @@ def _decode_resized(frame: Frame, size: int) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.size != (frame.width, frame.height):
-                raise DataError(f"{path}: image is {image.size[0]}x{image.size[1]} but the camera "
-                                f"file says {frame.width}x{frame.height}")
+                raise DataError(
+                    f"{path}: image is {image.size[0]}x{image.size[1]} but the camera "
+                    f"file says {frame.width}x{frame.height}"
+                )
             if image.mode == "RGBA":
                 rgba = image
             elif "A" in image.getbands() or "transparency" in image.info:
@@ -185,7 +203,13 @@ def _decode_resized(frame: Frame, size: int) -> np.ndarray:
             return np.asarray(rgba, dtype=np.uint8).copy()
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
 
 
@@ -226,7 +250,9 @@ def background_rgb(name: str) -> np.ndarray:
     return {"white": np.ones(3), "black": np.zeros(3)}[name]
 
 
-def composite(rgba: np.ndarray, background: np.ndarray, remove_alpha: bool) -> tuple[np.ndarray, np.ndarray]:
+def composite(
+    rgba: np.ndarray, background: np.ndarray, remove_alpha: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """RGBA uint8 [H, W, 4] -> (rgb [3, H, W] float32 in [0, 1], alpha [1, H, W] float32).
 
     With remove_alpha the RGB is composited over `background` using alpha; otherwise the

@@ -201,8 +201,9 @@ def make_rig(rig: str, size: int) -> list[Camera]:
     for spec in rig_specs(rig):
         w2c = look_at_w2c(spec_center(spec), np.asarray(spec.target, dtype=np.float64))
         cams.append(
-            Camera(size, size, spec.fx * scale, spec.fy * scale, spec.cx * scale,
-                   spec.cy * scale, w2c)
+            Camera(
+                size, size, spec.fx * scale, spec.fy * scale, spec.cx * scale, spec.cy * scale, w2c
+            )
         )
     return cams
 
@@ -332,8 +333,11 @@ def _tail_points(rng: np.random.Generator, n: int) -> np.ndarray:
         heading = math.pi + curl1 * s + curl2 * s * s
         pitch = pitch0 * max(0.0, 1.0 - 3.0 * s)
         step = seg * np.array(
-            [math.cos(pitch) * math.cos(heading), math.cos(pitch) * math.sin(heading),
-             math.sin(pitch)]
+            [
+                math.cos(pitch) * math.cos(heading),
+                math.cos(pitch) * math.sin(heading),
+                math.sin(pitch),
+            ]
         )
         nxt = pts[-1] + step
         nxt[2] = max(nxt[2], 0.006)
@@ -387,10 +391,15 @@ def _local_primitives(rng: np.random.Generator) -> list[Primitive]:
 def _to_world(prim: Primitive, rot: np.ndarray, scale: float, offset: np.ndarray) -> Primitive:
     """Apply the similarity x -> scale * rot @ x + offset to a primitive."""
     if isinstance(prim, Ellipsoid):
-        return Ellipsoid(scale * rot @ prim.center + offset, rot @ prim.rot,
-                         scale * prim.axes, prim.material)
-    return Capsule(scale * rot @ prim.a + offset, scale * rot @ prim.b + offset,
-                   scale * prim.radius, prim.material)
+        return Ellipsoid(
+            scale * rot @ prim.center + offset, rot @ prim.rot, scale * prim.axes, prim.material
+        )
+    return Capsule(
+        scale * rot @ prim.a + offset,
+        scale * rot @ prim.b + offset,
+        scale * prim.radius,
+        prim.material,
+    )
 
 
 def sample_mouse(rng: np.random.Generator) -> Mouse:
@@ -426,8 +435,9 @@ def intersect_ellipsoid(origin: np.ndarray, dirs: np.ndarray, prim: Ellipsoid) -
     return np.where(hit & (t > 0.0), t, np.inf)
 
 
-def _intersect_sphere(origin: np.ndarray, dirs: np.ndarray, center: np.ndarray,
-                      radius: float) -> np.ndarray:
+def _intersect_sphere(
+    origin: np.ndarray, dirs: np.ndarray, center: np.ndarray, radius: float
+) -> np.ndarray:
     """Entry distance t [...] for unit-length dirs [..., 3]; inf where missed."""
     oc = origin - center
     b = dirs @ oc
@@ -496,8 +506,9 @@ def _angle_range(lateral: float, depth: float, radius: float) -> tuple[float, fl
     return math.tan(lo), math.tan(hi)
 
 
-def sphere_pixel_box(cam: Camera, center: np.ndarray,
-                     radius: float) -> tuple[int, int, int, int] | None:
+def sphere_pixel_box(
+    cam: Camera, center: np.ndarray, radius: float
+) -> tuple[int, int, int, int] | None:
     """Conservative pixel box (x0, x1, y0, y1), end-exclusive, of a sphere's projection.
 
     Exact tangent-plane bounds per image axis, padded by one pixel; None if off-screen.
@@ -506,10 +517,16 @@ def sphere_pixel_box(cam: Camera, center: np.ndarray,
     if z + radius <= 0.0:
         return None
     rx, ry = _angle_range(x, z, radius), _angle_range(y, z, radius)
-    x0, x1 = (0, cam.width) if rx is None else (
-        math.floor(cam.fx * rx[0] + cam.cx) - 1, math.ceil(cam.fx * rx[1] + cam.cx) + 1)
-    y0, y1 = (0, cam.height) if ry is None else (
-        math.floor(cam.fy * ry[0] + cam.cy) - 1, math.ceil(cam.fy * ry[1] + cam.cy) + 1)
+    x0, x1 = (
+        (0, cam.width)
+        if rx is None
+        else (math.floor(cam.fx * rx[0] + cam.cx) - 1, math.ceil(cam.fx * rx[1] + cam.cx) + 1)
+    )
+    y0, y1 = (
+        (0, cam.height)
+        if ry is None
+        else (math.floor(cam.fy * ry[0] + cam.cy) - 1, math.ceil(cam.fy * ry[1] + cam.cy) + 1)
+    )
     x0, x1 = max(x0, 0), min(x1, cam.width)
     y0, y1 = max(y0, 0), min(y1, cam.height)
     if x0 >= x1 or y0 >= y1:
@@ -532,8 +549,9 @@ def subray_dirs(cam: Camera, rows: np.ndarray, cols: np.ndarray, ss: int) -> np.
     return d @ cam.w2c[:3, :3]  # camera -> world is the transposed rotation
 
 
-def cast_rays(cam: Camera, prims: Sequence[Primitive],
-              ss: int = SUPERSAMPLE) -> tuple[np.ndarray, np.ndarray]:
+def cast_rays(
+    cam: Camera, prims: Sequence[Primitive], ss: int = SUPERSAMPLE
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest hit per sub-ray. Returns t [H*ss, W*ss] (inf = miss), prim index (-1 = miss)."""
     t_buf = np.full((cam.height * ss, cam.width * ss), np.inf)
     id_buf = np.full(t_buf.shape, -1, dtype=np.int16)
@@ -546,8 +564,8 @@ def cast_rays(cam: Camera, prims: Sequence[Primitive],
         rows = np.arange(y0 * ss, y1 * ss)
         cols = np.arange(x0 * ss, x1 * ss)
         t = intersect(origin, subray_dirs(cam, rows, cols, ss), prim)
-        win_t = t_buf[y0 * ss:y1 * ss, x0 * ss:x1 * ss]
-        win_id = id_buf[y0 * ss:y1 * ss, x0 * ss:x1 * ss]
+        win_t = t_buf[y0 * ss : y1 * ss, x0 * ss : x1 * ss]
+        win_id = id_buf[y0 * ss : y1 * ss, x0 * ss : x1 * ss]
         closer = t < win_t
         win_t[closer] = t[closer]
         win_id[closer] = i
@@ -566,8 +584,9 @@ def fur_albedo(local: np.ndarray, material: np.ndarray, tex: FurTexture) -> np.n
     return np.clip(albedo * factor[:, None], 0.0, 1.0)
 
 
-def shade_hits(cam: Camera, mouse: Mouse, t_buf: np.ndarray, id_buf: np.ndarray,
-               ss: int) -> np.ndarray:
+def shade_hits(
+    cam: Camera, mouse: Mouse, t_buf: np.ndarray, id_buf: np.ndarray, ss: int
+) -> np.ndarray:
     """[H*ss, W*ss, 3] shaded colour per sub-ray (zero where missed)."""
     colour = np.zeros((*t_buf.shape, 3))
     rows, cols = np.nonzero(id_buf >= 0)
@@ -674,8 +693,9 @@ def cameras_json(sample_id: str, cams: Sequence[Camera]) -> dict:
     return {"id": sample_id, "frames": frames}
 
 
-def write_sample(folder: Path, sample_id: str, cams: Sequence[Camera], mouse: Mouse,
-                 ss: int = SUPERSAMPLE) -> list[float]:
+def write_sample(
+    folder: Path, sample_id: str, cams: Sequence[Camera], mouse: Mouse, ss: int = SUPERSAMPLE
+) -> list[float]:
     """Render and write one sample; returns the per-view foreground fractions.
 
     The JSON is written after all PNGs, so its presence marks a complete sample.
@@ -717,8 +737,9 @@ def _remove_stale_samples(samples_dir: Path, keep: int) -> None:
             shutil.rmtree(child)
 
 
-def _summary(out_dir: Path, cfg: SyntheticConfig, fractions: list[list[float]],
-             seconds: float, cached: bool) -> dict:
+def _summary(
+    out_dir: Path, cfg: SyntheticConfig, fractions: list[list[float]], seconds: float, cached: bool
+) -> dict:
     flat = np.asarray(fractions, dtype=np.float64).reshape(-1)
     n_val = val_count(cfg.samples, cfg.val_fraction)
     return {
@@ -736,8 +757,14 @@ def _summary(out_dir: Path, cfg: SyntheticConfig, fractions: list[list[float]],
     }
 
 
-def generate_dataset(out_dir: str | os.PathLike, samples: int, size: int, rig: str = "mouse6",
-                     seed: int = 0, val_fraction: float = 0.2) -> dict:
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    samples: int,
+    size: int,
+    rig: str = "mouse6",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+) -> dict:
     """Generate (or reuse) a synthetic mouse dataset in `out_dir`.
 
     Returns a summary dict: train_list / val_list (absolute paths), num_train, num_val,
@@ -766,14 +793,24 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
-    samples, size, rig, seed, val_fraction = cfg.samples, cfg.size, cfg.rig, cfg.seed, cfg.val_fraction
+    samples, size, rig, seed, val_fraction = (
+        cfg.samples,
+        cfg.size,
+        cfg.rig,
+        cfg.seed,
+        cfg.val_fraction,
+    )
     params = asdict(cfg)
     meta = _read_meta(out)
     lists_exist = (out / TRAIN_LIST).is_file() and (out / VAL_LIST).is_file()
     if meta and meta.get("params") == params and meta.get("complete") and lists_exist:
         summary = dict(meta["summary"], seconds=0.0, cached=True)
-        return dict(summary, out_dir=str(out), train_list=str(out / TRAIN_LIST),
-                    val_list=str(out / VAL_LIST))
+        return dict(
+            summary,
+            out_dir=str(out),
+            train_list=str(out / TRAIN_LIST),
+            val_list=str(out / VAL_LIST),
+        )
 
     start = time.perf_counter()
     resume = bool(meta) and meta.get("params") == params
@@ -796,14 +833,15 @@ def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
 
     summary = _summary(out, cfg, fractions, time.perf_counter() - start, cached=False)
     stored = {k: v for k, v in summary.items() if k not in ("out_dir", "train_list", "val_list")}
-    _atomic_write_text(out / META_NAME,
-                       json.dumps({"params": params, "complete": True, "summary": stored},
-                                  indent=1))
+    _atomic_write_text(
+        out / META_NAME,
+        json.dumps({"params": params, "complete": True, "summary": stored}, indent=1),
+    )
     n_val = val_count(samples, val_fraction)
     names = [f"samples/{sample_name(k)}" for k in range(samples)]
     # The last samples go to validation; samples are i.i.d., so any split is unbiased.
-    _atomic_write_text(out / VAL_LIST, "".join(f"{n}\n" for n in names[samples - n_val:]))
-    _atomic_write_text(out / TRAIN_LIST, "".join(f"{n}\n" for n in names[:samples - n_val]))
+    _atomic_write_text(out / VAL_LIST, "".join(f"{n}\n" for n in names[samples - n_val :]))
+    _atomic_write_text(out / TRAIN_LIST, "".join(f"{n}\n" for n in names[: samples - n_val]))
     return summary
 
 
@@ -823,8 +861,9 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     return np.round(rgb).astype(np.uint8)
 
 
-def contact_sheet(dataset_dir: str | os.PathLike, out_png: str | os.PathLike,
-                  samples: int = 4) -> Path:
+def contact_sheet(
+    dataset_dir: str | os.PathLike, out_png: str | os.PathLike, samples: int = 4
+) -> Path:
     """Tile the six views of the first `samples` samples (rows) into one PNG on white."""
     root = Path(dataset_dir)
     entries = (_list_entries(root / TRAIN_LIST) + _list_entries(root / VAL_LIST))[:samples]
@@ -869,8 +908,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    summary = generate_dataset(args.out, args.samples, args.size, args.rig, args.seed,
-                               args.val_fraction)
+    summary = generate_dataset(
+        args.out, args.samples, args.size, args.rig, args.seed, args.val_fraction
+    )
     if args.contact_sheet:
         contact_sheet(args.out, args.contact_sheet)
     print(json.dumps(summary, indent=1))
