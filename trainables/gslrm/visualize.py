@@ -17,7 +17,6 @@ cyan -> purple -> red; this module implements the ramp the comment describes.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from trainables.gslrm.atomic import atomic_path
 from trainables.gslrm.metrics import GT_ALPHA_THRESHOLD
 
 OVERLAY_WEIGHT = 0.3
@@ -129,13 +129,6 @@ def save_validation_grid(
     """
     path = Path(path)
     grid = validation_grid(target, render, target_alpha, background)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(grid).save(handle, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     return path

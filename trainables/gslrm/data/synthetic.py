@@ -75,6 +75,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainables.gslrm.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+
 GENERATOR_VERSION = 1
 SUPERSAMPLE = 4  # sub-rays per pixel side: alpha takes values k / 16
 REFERENCE_SIZE = 512  # the rig figures below are given for 512 px images
@@ -659,20 +661,17 @@ def sample_name(index: int) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data, durable=False)  # the dataset's own marker is written last
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_text_atomic(path, text, durable=False)
 
 
 def _atomic_write_png(path: Path, pixels: np.ndarray) -> None:
     """Write [H, W, 3|4] uint8 as RGB/RGBA PNG via a temp file, so no half PNG survives."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
 
 
 def cameras_json(sample_id: str, cams: Sequence[Camera]) -> dict:
