@@ -55,7 +55,7 @@ def fake_ray(calls: list[dict[str, Any]], url: str) -> types.ModuleType:
 
 
 def test_start_ray_passes_the_dashboard_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from study.run import start_ray
+    from study.cluster import start_ray
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "127.0.0.1:8265"))
@@ -82,7 +82,7 @@ def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(
     monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
 ) -> None:
-    from study.run import start_ray
+    from study.cluster import start_ray
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "http://10.0.0.5:8265"))
@@ -97,7 +97,7 @@ def test_joining_a_cluster_sends_the_local_auth_token(
 ) -> None:
     """`ray start --head` requires the token when ~/.ray/auth_token exists; ray.init(address=...)
     sends it only under RAY_AUTH_MODE=token."""
-    from study.run import send_auth_token_if_available
+    from study.cluster import send_auth_token_if_available
 
     send_auth_token_if_available()
     assert "RAY_AUTH_MODE" not in os.environ  # no token on this machine: nothing to send
@@ -113,7 +113,7 @@ def test_joining_a_cluster_sends_the_local_auth_token(
 def test_a_cluster_that_refuses_us_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
 ) -> None:
-    from study.run import StudyError, start_ray
+    from study.cluster import StudyError, start_ray
 
     module = types.ModuleType("ray")
 
