@@ -23,21 +23,9 @@ from trainables.gslrm.data.reader import (
     read_sample,
     scaled_intrinsics,
 )
+from trainables.gslrm.rig import look_at_c2w
 
 SIZE = 16
-
-
-def look_at_c2w(
-    centre: Any, target: Any = (0.0, 0.0, 0.0), up: Any = (0.0, 0.0, 1.0)
-) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) at `centre` looking at `target`."""
-    centre, target, up = (np.asarray(v, dtype=np.float64) for v in (centre, target, up))
-    z = (target - centre) / np.linalg.norm(target - centre)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, np.cross(z, x), z, centre
-    return c2w
 
 
 def ring_c2w(n: int, radius: float = 2.0, elevation_deg: float = 20.0) -> list[np.ndarray]:
