@@ -121,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m analysis.report",
         description="Write STUDY_DIR/report/ (Parquet tables, report.md, plots) from a study folder.",
     )
-    parser.add_argument("study_dir", type=Path, help="study folder holding study.json and tune/")
+    parser.add_argument(
+        "study_dir", type=Path, help="study folder holding study.json and tune-<id>/"
+    )
     args = parser.parse_args(argv)
     try:
         path = write_report(args.study_dir)

@@ -19,8 +19,6 @@ import pytest
 from tests.test_study import REPO, TINY, ray_head, study_env, summaries
 from trainables.gslrm.data.synthetic import generate_dataset
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
@@ -55,6 +53,7 @@ def ray_train_worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     storage = tmp_path / "studies"
     cmd = [
@@ -104,6 +103,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     assert int(trials["restarts"].iloc[0]) >= 1
 
 
+@pytest.mark.slow
 def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path, data):
     broken = tmp_path / "broken"
     shutil.copytree(Path(data["val_list"]).parent, broken)
@@ -160,6 +160,7 @@ def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path
     assert "diverged" in report
 
 
+@pytest.mark.slow
 def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
     storage = tmp_path / "studies"
     study_dir = storage / "mouse_loss_sweep"
@@ -203,6 +204,7 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
 
 
+@pytest.mark.slow
 def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
     env = study_env()
     with ray_head(num_cpus=4) as address:

@@ -566,7 +566,8 @@ def test_fewer_views_than_num_views(tmp_path: Path) -> None:
 
 
 def test_generated_dataset_reads_back(tmp_path: Path) -> None:
-    synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
+    from trainables.gslrm.data import synthetic  # always present: a broken import must fail
+
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=0)
     folders = read_list_file(summary["train_list"]) + read_list_file(summary["val_list"])
     assert len(folders) == 4

@@ -6,7 +6,6 @@ Nothing here starts Ray: `ray` is replaced by a stub module wherever study.run w
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from analysis.report import write_report
 from trainables.gslrm.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
 from trainables.gslrm.config import ConfigError, load_config
 from trainables.gslrm.data.synthetic import generate_dataset
@@ -187,51 +185,6 @@ def test_wandb_api_key_is_not_written_by_a_training_run(tmp_path: Path) -> None:
     assert (out / "metrics.jsonl").is_file() and (out / "config.yaml").is_file()
     assert files_containing(tmp_path, SECRET.encode()) == []
     assert SECRET not in result.stdout + result.stderr
-
-
-def test_report_does_not_write_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    study = tmp_path / "tiny_study"
-    trial = study / "tune" / "train_fn_a0001_00000_0"
-    trial.mkdir(parents=True)
-    (study / "study.json").write_text(
-        json.dumps(
-            {
-                "study": "tiny_study",
-                "objective": "val/psnr_fg",
-                "mode": "max",
-                "max_steps": 2,
-                "searched_keys": ["training.runtime.seed"],
-                "command": sys.argv,
-            }
-        )
-    )
-    (trial / "params.json").write_text(json.dumps({"training.runtime.seed": 0}))
-    lines = [
-        {
-            "val/psnr_fg": 10.0 + step,
-            "val/mask_iou": 0.2,
-            "train/loss": 1.0 / step,
-            "step": step,
-            "training_iteration": step,
-            "trial_id": "a0001_00000",
-        }
-        for step in (1, 2)
-    ]
-    (trial / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (trial / "trial_summary.json").write_text(
-        json.dumps(
-            {
-                "trial_id": "a0001_00000",
-                "status": "finished",
-                "steps_run": 2,
-                "config": {"training.runtime.seed": 0},
-            }
-        )
-    )
-    report = write_report(study)
-    assert report.is_file() and (study / "report" / "trials.parquet").is_file()
-    assert files_containing(study / "report", SECRET.encode()) == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ TINY = [
     "--wandb",
     "disabled",
 ]
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +165,7 @@ def test_unreachable_address_fails_in_seconds(tmp_path):
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.slow
 def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     """mouse_loss_sweep --smoke: Optuna proposes, Train workers report, the dashboard answers."""
     storage = tmp_path / "studies"
@@ -248,6 +248,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     assert (study_dir / "report" / "trials.parquet").is_file()
 
 
+@pytest.mark.slow
 def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
     """A grid whose second trial cannot learn (learning rate 1e-12): ASHA stops it at its first rung."""
     storage = tmp_path / "studies"
@@ -297,6 +298,7 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
     assert trials["flag_stopped_early"].sum() == 1
 
 
+@pytest.mark.slow
 def test_join_cluster_started_with_ray_start(tmp_path, dataset):
     with ray_head() as address:
         out = run_study(
@@ -320,6 +322,7 @@ def test_join_cluster_started_with_ray_start(tmp_path, dataset):
     assert {s["config"]["mouse.use_mouse_dataset"] for s in done} == {False, True}
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed_ends_with_exact_trials(tmp_path, dataset):
     storage = tmp_path / "studies"
     cmd = [
