@@ -52,21 +52,6 @@ def fake_ray(calls: list[dict[str, Any]], url: str) -> types.ModuleType:
     return module
 
 
-def test_start_ray_passes_the_dashboard_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from study.cluster import start_ray
-
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "127.0.0.1:8265"))
-    url = start_ray(None, 1, {}, "127.0.0.1")
-    assert url == "http://127.0.0.1:8265"
-    (kwargs,) = calls
-    assert kwargs["dashboard_host"] == "127.0.0.1"
-    assert kwargs["include_dashboard"] is True
-    assert kwargs["resources"] == {"trial_slot": 1}
-    assert kwargs["runtime_env"] == {"env_vars": {}}
-    assert "address" not in kwargs  # a local cluster, not a join
-
-
 @pytest.fixture
 def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No Ray auth variables and an empty HOME; whatever the test sets is undone after it."""
