@@ -95,12 +95,13 @@ class Crash(Exception):
 
 
 def test_resume_across_an_epoch_boundary_gives_the_same_losses(tmp_path, data):
-    """Crash at step 4 (mid epoch 0), resume: steps 5-8 cross into epoch 1 and must see the same
-    batches, weights and losses as the uninterrupted run. A temp file a killed checkpoint save
-    left behind is removed when the run starts again."""
-    config = tiny(data, "training.schedule.max_steps=8")
-    steps_per_epoch = len(MultiViewDataset(data["train_list"], config)) // 2
-    assert 4 < steps_per_epoch < 8, steps_per_epoch  # the resumed part crosses an epoch
+    """Crash at step 4 (mid epoch 0), resume: the remaining steps cross into epoch 1 and must see
+    the same batches, weights and losses as the uninterrupted run. A temp file a killed
+    checkpoint save left behind is removed when the run starts again."""
+    steps_per_epoch = len(MultiViewDataset(data["train_list"], tiny(data))) // 2
+    assert steps_per_epoch > 4, steps_per_epoch  # step 4 is mid epoch 0
+    last = steps_per_epoch + 1  # the first step of epoch 1
+    config = tiny(data, f"training.schedule.max_steps={last}")
     train(config, tmp_path / "straight", Hooks(device=CPU))
 
     def crash_at_step_4(metrics, checkpoint):
@@ -113,22 +114,22 @@ def test_resume_across_an_epoch_boundary_gives_the_same_losses(tmp_path, data):
     stale = tmp_path / "interrupted" / "checkpoints" / ".ckpt_0000000000000006.pt.x1y2.tmp"
     stale.write_bytes(b"half a checkpoint")
     result = train(config, tmp_path / "interrupted", Hooks(device=CPU))
-    assert result.resumed_from_step == 4 and result.final_step == 8
-    assert result.steps_this_call == 4
+    assert result.resumed_from_step == 4 and result.final_step == last
+    assert result.steps_this_call == last - 4
     assert not stale.exists()
 
     def losses(run: str) -> dict[int, float]:
         return {r["step"]: r["train/loss"] for r in read_log(tmp_path / run) if "train/loss" in r}
 
     straight, resumed = losses("straight"), losses("interrupted")
-    for step in range(5, 9):
+    for step in range(5, last + 1):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
     epochs = {
         r["step"]: r["metrics/epoch"]
         for r in read_log(tmp_path / "interrupted")
         if "metrics/epoch" in r
     }
-    assert epochs[5] == 0 and epochs[8] == 1
+    assert epochs[last - 1] == 0 and epochs[last] == 1
 
 
 def test_run_folder_keeps_only_the_newest_checkpoints(tmp_path, data):
