@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.metrics import is_curve_key
-
-ERROR_MESSAGE_MAX_CHARS = 500
-# Statuses a trial summary may state; anything else (e.g. "running" from a summary written
-# early) is ignored and the status is inferred from the other files.
-FINAL_STATUSES = ("finished", "diverged", "errored", "stopped_early")
+from trainables.outcome import ERROR_MAX_CHARS as ERROR_MESSAGE_MAX_CHARS
+from trainables.outcome import STATUSES as FINAL_STATUSES
+from trainables.outcome import classify_outcome
 
 # Ray names trial folders "<trainable>_<trial id>_<index>_<params>_<date>"; the id is
 # 5 hex characters, "_", 5 digits.
@@ -196,14 +194,18 @@ def trial_config(trial: TrialFiles) -> dict[str, Any]:
 
 
 def trial_status(trial: TrialFiles, last_step: int | None, max_steps: int | None) -> str:
-    """Status rules: summary, else error.txt, else compare the last step with max_steps."""
+    """The summary's status when it states a final one (the adapter applied
+    `trainables.outcome.classify_outcome` when the trial ended), else that same rule on what
+    the trial left: its run folder (when the summary names one that exists here), error.txt's
+    last line and the last reported step."""
     if trial.summary and trial.summary.get("status") in FINAL_STATUSES:
         return str(trial.summary["status"])
-    if trial.error_text is not None:
-        return "errored"
-    if max_steps is not None and (last_step is None or last_step < max_steps):
-        return "stopped_early"
-    return "finished"
+    recorded = (trial.summary or {}).get("run_dir")
+    run_dir = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
+    error = last_nonempty_line(trial.error_text) if trial.error_text is not None else None
+    if trial.error_text is not None and not error:
+        error = "error.txt is empty"
+    return classify_outcome(run_dir, max_steps, error, last_step).status
 
 
 def trial_error(trial: TrialFiles) -> str | None:

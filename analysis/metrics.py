@@ -64,8 +64,3 @@ def metric_info(key: str) -> MetricInfo:
 
 def higher_is_better(key: str) -> bool:
     return metric_info(key).higher_is_better
-
-
-def format_value(key: str, value: float) -> str:
-    """A metric value with the decimals that matter for it (no unit)."""
-    return f"{value:.{metric_info(key).decimals}f}"

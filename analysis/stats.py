@@ -32,9 +32,6 @@ class Estimate:
     def has_ci(self) -> bool:
         return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
 
-    def excludes_zero(self) -> bool:
-        return self.has_ci and (self.ci_low > 0 or self.ci_high < 0)
-
 
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
     """Two-sided Student t critical value, e.g. t_quantile(2) = 4.302653."""

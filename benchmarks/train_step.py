@@ -4,7 +4,9 @@
     python benchmarks/train_step.py --config configs/mouse_gslrm.yaml --steps 50 \
         --set model.transformer.d=768 --set model.transformer.n_layer=12               # H100 target config
 
-Prints steps/s, samples/s, peak GPU memory, the share of step time spent in data loading, the
+Times the loop's own `train_step` (forward, losses, finite check, backward, clip, optimizer,
+scheduler and scaler steps, the train/* diagnostics), on a `TrainState` built as `train()`
+builds it. Prints steps/s, samples/s, peak GPU memory, the share of step time spent in data loading, the
 transformer (forward + backward) and the renderer (forward + backward), and model FLOPs
 utilisation: transformer FLOPs per step (from the config) / step time / the device's measured
 peak (a large bf16 matmul on CUDA, fp32 on CPU, in the same run).
@@ -13,7 +15,6 @@ peak (a large bf16 matmul on CUDA, fp32 on CPU, in the same run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tempfile
 import time
@@ -27,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainables.gslrm.config import TrainerConfig, load_config  # noqa: E402
 from trainables.gslrm.data.dataset import MultiViewDataset  # noqa: E402
 from trainables.gslrm.data.synthetic import generate_dataset  # noqa: E402
-from trainables.gslrm.losses import compute_losses  # noqa: E402
-from trainables.gslrm.model import GSLRM, count_parameters  # noqa: E402
+from trainables.gslrm.model import count_parameters  # noqa: E402
 from trainables.gslrm.render import render  # noqa: E402
-from trainables.gslrm.train import forward_render, loss_weights, make_optimizer, to_device  # noqa: E402
+from trainables.gslrm.train import build_state, to_device, train_step  # noqa: E402
 from trainables.gslrm.types import Cameras  # noqa: E402
 
 
@@ -95,15 +95,10 @@ def main() -> None:
         pin_memory=device.type == "cuda",
         persistent_workers=config.training.dataloader.num_workers > 0,
     )
-    model = GSLRM(config.model, config.training.runtime.grad_checkpoint_every).to(device)
+    state = build_state(config, device)
     if args.compile:
-        model = torch.compile(model)
-    optimizer = make_optimizer(model, config, device)
-    weights = loss_weights(config)
-    use_amp = device.type == "cuda" and config.training.runtime.use_amp
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+        state.model = torch.compile(state.model)
+    model, autocast = state.model, state.autocast
 
     def batches():
         while True:
@@ -112,12 +107,7 @@ def main() -> None:
     stream = batches()
 
     def step(batch) -> None:
-        rgb, _ = forward_render(model, batch, config, autocast())
-        loss = compute_losses(rgb, batch["target_images"], batch["target_alpha"], weights)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.runtime.grad_clip_norm)
-        optimizer.step()
+        train_step(state, batch)
 
     for _ in range(args.warmup_steps):
         step(to_device(next(stream), device))
@@ -125,7 +115,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    # 1. full steps, no syncs inside: throughput; data wait measured separately
+    # 1. full steps (the loop's one host read per step, for the finite check, included):
+    # throughput; data wait measured separately
     data_s = 0.0
     start = time.perf_counter()
     for _ in range(args.steps):

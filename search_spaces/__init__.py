@@ -13,7 +13,6 @@ from search_spaces.space import (
     check_space,
     define_by_run,
     get_space,
-    sample_keys,
 )
 
 __all__ = [
@@ -23,5 +22,4 @@ __all__ = [
     "SearchSpaceError",
     "define_by_run",
     "get_space",
-    "sample_keys",
 ]

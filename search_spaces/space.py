@@ -64,10 +64,6 @@ def get_space(name: str) -> list[Param]:
     return SPACES[name]
 
 
-def sample_keys(space: list[Param]) -> list[str]:
-    return [p.key for p in space]
-
-
 def check_space(space: list[Param], config_keys: set[str]) -> None:
     """Every key must exist in the trainer config and none may be a forbidden (metric) key."""
     for param in space:

@@ -14,9 +14,7 @@ Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NA
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import fcntl
-import json
 import os
 import secrets
 import socket
@@ -26,83 +24,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpaceError, check_space, define_by_run, get_space
-from study.studies import STUDIES, DataSpec, StudySpec, UnknownStudyError, get_study
-from trainables.gslrm.config import (
-    ConfigError,
-    apply_overrides,
-    flat_config,
-    load_config,
-    parse_override,
+from search_spaces import SearchSpaceError, define_by_run, get_space
+from study.cluster import check_address, gpus_per_trial, ray_env, start_ray
+from study.plan import (
+    StudyError,
+    StudyPlan,
+    check_resume_state,
+    make_plan,
+    parse_seeds,
+    resumed_overrides,
+    searched_keys,
+    study_record,
+    synthetic_data_folder,
+    user_dataset,
 )
-from trainables.ray_trainable import TrialSettings, run_trial, write_json_atomic
+from study.studies import STUDIES, StudySpec, UnknownStudyError
+from trainables.gslrm.atomic import write_json_atomic
+from trainables.gslrm.config import ConfigError, apply_overrides
+from trainables.ray_trainable import TrialSettings, run_trial
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LOCAL_CHECKPOINTS_KEPT = 2  # per trial in runs/<trial>/checkpoints (a --set may change it)
-
-
-class StudyError(RuntimeError):
-    """A problem the user can fix (bad folder, cluster address, resume of nothing)."""
-
-
-# ---------------------------------------------------------------------------------------
-# planning: everything that can fail before Ray starts
-
-
-def resolve_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else (REPO_ROOT / p if (REPO_ROOT / p).exists() else Path.cwd() / p)
-
-
-def searched_keys(spec: StudySpec) -> list[str]:
-    if spec.search == "optuna":
-        return [p.key for p in get_space(spec.space)]
-    return list(spec.grid) + list(spec.linked)
-
-
-def plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate the study, config overrides and folders; return the resolved plan."""
-    spec = get_study(args.name)
-    base_config = resolve_path(spec.smoke.base_config if args.smoke else spec.base_config)
-    # Each trial's run folder keeps its newest checkpoints only: Ray Train keeps the best and the
-    # latest in train/, and a sweep of full-size trials would otherwise fill the disk (1.2 GB each).
-    overrides: dict[str, Any] = {
-        "training.checkpointing.keep_last": LOCAL_CHECKPOINTS_KEPT,
-        **spec.fixed,
-    }
-    if args.smoke:
-        overrides.update(spec.smoke.overrides)
-    overrides.update(dict(parse_override(text) for text in args.set))
-    if args.wandb:
-        overrides["training.logging.wandb.mode"] = args.wandb
-    base = load_config(base_config)
-    config = apply_overrides(base, overrides)  # names any bad --set key before Ray starts
-    keys = set(flat_config(config))
-    if spec.search == "optuna":
-        check_space(get_space(spec.space), keys)
-    else:
-        from search_spaces.space import Param
-
-        check_space([Param(k, choices=v) for k, v in spec.grid.items()], keys)
-        check_space([Param(k, choices=[None]) for k in spec.linked], keys)
-    storage = (
-        Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
-    )
-    study_dir = storage / args.name
-    data = spec.smoke.data if args.smoke else spec.data
-    smoke_samples = spec.smoke.num_samples if args.smoke and spec.search == "optuna" else None
-    num_samples = args.num_samples or smoke_samples or spec.num_samples  # grid: repeats of the grid
-    return {
-        "spec": spec,
-        "base_config": base_config,
-        "overrides": overrides,
-        "config": config,
-        "storage": storage,
-        "study_dir": study_dir,
-        "data": data,
-        "num_samples": num_samples,
-        "max_concurrent": args.max_concurrent or spec.max_concurrent,
-    }
+# The pieces tests and users import from here, kept importable under their old names.
+__all__ = ["StudyError", "main", "parser", "run", "start_ray"]
 
 
 def check_writable(folder: Path) -> None:
@@ -115,30 +57,6 @@ def check_writable(folder: Path) -> None:
             f"storage folder {folder} is not writable ({exc.strerror}); "
             "pass --storage DIR with a folder you can write"
         ) from None
-
-
-def find_tune_dir(study_dir: Path) -> Path | None:
-    """The study's Tune experiment folder, if an earlier run left one with state in it."""
-    from analysis.load import tune_folders
-
-    with_state = [f for f in tune_folders(study_dir) if any(f.glob("experiment_state*.json"))]
-    return with_state[0] if with_state else None
-
-
-def check_resume_state(study_dir: Path, resume: bool) -> Path | None:
-    """The Tune folder of an earlier run of this study to continue; None for a fresh start."""
-    tune_dir = find_tune_dir(study_dir)
-    if tune_dir and not resume:
-        raise StudyError(
-            f"{study_dir} already holds this study; pass --resume to continue it, or "
-            "--storage DIR to start a separate one"
-        )
-    if resume and not tune_dir:
-        raise StudyError(
-            f"nothing to resume: {study_dir} holds no study state "
-            "(run without --resume to start it)"
-        )
-    return tune_dir
 
 
 def lock_study(storage: Path, name: str):
@@ -162,95 +80,6 @@ def lock_study(storage: Path, name: str):
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
     handle.flush()
     return handle
-
-
-def check_address(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds when the cluster address does not answer (ray.init would retry for minutes)."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise StudyError(f"--address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:6379")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise StudyError(
-            f"--address {address}: no Ray cluster answers there ({exc}); start one with "
-            "`ray start --head` or leave --address out to run locally"
-        ) from None
-
-
-# ---------------------------------------------------------------------------------------
-# Ray
-
-
-def ray_env(wandb_mode: str) -> dict[str, str]:
-    """Variables every Ray process needs; set before ray.init so workers inherit them."""
-    env = {
-        "WANDB_MODE": wandb_mode,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get(
-            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120"
-        ),
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
-        ),
-    }
-    os.environ.update(env)
-    return env
-
-
-def send_auth_token_if_available() -> None:
-    """Join a cluster with Ray's auth token when this machine has one.
-
-    `ray start --head` turns token authentication on when ~/.ray/auth_token exists, but
-    `ray.init(address=...)` sends the token only under RAY_AUTH_MODE=token (Ray switches that on by
-    itself only for clusters it finds without an address). A token sent to a cluster without
-    authentication is ignored, so sending it whenever there is one is safe. An explicit
-    RAY_AUTH_MODE from the user wins.
-    """
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    token_file = Path(
-        os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")
-    ).expanduser()
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def start_ray(
-    address: str | None, max_concurrent: int, env: dict[str, str], dashboard_host: str
-) -> str:
-    """Start a local Ray with its dashboard on loopback, or join `address`. Returns the dashboard URL."""
-    if address:
-        send_auth_token_if_available()  # before Ray is imported: Ray reads its config once
-    import ray
-
-    runtime_env = {"env_vars": env}
-    if address:
-        try:
-            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        except ConnectionError as exc:
-            reason = str(exc).strip().splitlines()[-1]
-            raise StudyError(
-                f"--address {address}: could not join the Ray cluster ({reason}); a cluster "
-                "with token authentication needs its token in ~/.ray/auth_token or "
-                "RAY_AUTH_TOKEN on this machine"
-            ) from None
-    else:
-        # Trials reserve a `trial_slot` instead of a CPU so both CPUs stay free for Train workers.
-        context = ray.init(
-            include_dashboard=True,
-            dashboard_host=dashboard_host,
-            resources={"trial_slot": max_concurrent},
-            runtime_env=runtime_env,
-            log_to_driver=False,
-        )
-    url = context.dashboard_url or ""
-    return url if not url or url.startswith("http") else f"http://{url}"
 
 
 def grid_param_space(spec: StudySpec, seeds: tuple[int, ...] | None) -> dict[str, Any]:
@@ -311,22 +140,13 @@ class Progress:
         return _Progress()
 
 
-def build_tuner(
-    plan_: dict[str, Any],
-    args: argparse.Namespace,
-    settings: TrialSettings,
-    restore: bool,
-    trial_resources: dict[str, float],
-):
+def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict):
     """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    spec: StudySpec = plan_["spec"]
-    study_dir: Path = plan_["study_dir"]
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, settings=settings), trial_resources
-    )
+    spec = plan.spec
+    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
     if restore:
         return tune.Tuner.restore(
             settings.tune_dir,
@@ -336,9 +156,9 @@ def build_tuner(
             restart_errored=False,
         )
 
-    config = plan_["config"]
+    config = plan.config
     rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
-    grace = spec.smoke.grace_period_rounds if args.smoke else spec.grace_period_rounds
+    grace = spec.smoke.grace_period_rounds if plan.smoke else spec.grace_period_rounds
     if spec.scheduler == "asha":
         # max_t one round past the last, so ASHA never stops a trial for reaching the end: a trial
         # that ends by itself writes its own summary instead of being killed mid-teardown.
@@ -351,7 +171,6 @@ def build_tuner(
     else:
         scheduler = FIFOScheduler()
     search_alg, param_space = None, {}
-    num_samples = plan_["num_samples"]
     if spec.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -361,15 +180,13 @@ def build_tuner(
             metric=spec.objective,
             mode=spec.mode,
             sampler=optuna.samplers.TPESampler(
-                seed=spec.sampler_seed, n_startup_trials=min(8, num_samples)
+                seed=spec.sampler_seed, n_startup_trials=min(8, plan.num_samples)
             ),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}"),
+            storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_dir / 'optuna.db'}"),
             study_name=spec.name,
         )
     else:
-        param_space = grid_param_space(
-            spec, args.seeds or (spec.smoke.grid_seeds if args.smoke else None)
-        )
+        param_space = grid_param_space(spec, plan.grid_seeds)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -378,12 +195,12 @@ def build_tuner(
             mode=spec.mode,
             search_alg=search_alg,
             scheduler=scheduler,
-            num_samples=num_samples,
-            max_concurrent_trials=plan_["max_concurrent"],
+            num_samples=plan.num_samples,
+            max_concurrent_trials=plan.max_concurrent,
         ),
         run_config=tune.RunConfig(
             name=Path(settings.tune_dir).name,
-            storage_path=str(study_dir),
+            storage_path=str(plan.study_dir),
             verbose=0,
             callbacks=[Progress(spec.objective, spec.mode)],
             failure_config=tune.FailureConfig(max_failures=0),
@@ -391,25 +208,11 @@ def build_tuner(
     )
 
 
-def user_dataset(plan_: dict[str, Any]) -> dict[str, Any] | None:
-    """The user's dataset as overrides (checked to exist), or None when the study uses synthetic data."""
-    config = plan_["config"]
-    if not config.training.dataset.dataset_path:
-        return None
-    path = resolve_path(config.training.dataset.dataset_path)
-    if not path.is_file():
-        raise StudyError(f"training.dataset.dataset_path: {path} not found")
-    return {"training.dataset.dataset_path": str(path)}
-
-
-def synthetic_dataset(plan_: dict[str, Any]) -> dict[str, Any]:
+def synthetic_dataset(plan: StudyPlan) -> dict[str, Any]:
     """Generate the study's synthetic mouse data once into STORAGE/_data (later studies reuse it)."""
-    data: DataSpec = plan_["data"]
     from trainables.gslrm.data.synthetic import generate_dataset
 
-    folder = (
-        plan_["storage"] / "_data" / f"{data.rig}_{data.size}px_{data.samples}s_seed{data.seed}"
-    )
+    folder, data = synthetic_data_folder(plan), plan.data
     print(f"[study] synthetic data: {folder}", flush=True)
     generate_dataset(folder, samples=data.samples, size=data.size, rig=data.rig, seed=data.seed)
     return {
@@ -418,97 +221,68 @@ def synthetic_dataset(plan_: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    plan_ = plan(args)
-    spec: StudySpec = plan_["spec"]
-    study_dir: Path = plan_["study_dir"]
-    check_writable(plan_["storage"])
-    restore = check_resume_state(study_dir, args.resume) is not None
-    if args.address:
-        check_address(args.address)
-
-    data_overrides = user_dataset(plan_) if not restore else {}
-    # Bad input has been refused without touching the storage folder; from here on this driver
-    # owns the study. The state is checked again under the lock: another driver may have just
-    # started or finished it.
-    lock = lock_study(plan_["storage"], spec.name)  # noqa: F841 - released when the process ends
-    earlier_tune_dir = check_resume_state(study_dir, args.resume)
-    tune_dir = earlier_tune_dir or study_dir / f"tune-{secrets.token_hex(4)}"
-    if data_overrides is None:
-        data_overrides = synthetic_dataset(plan_)
-    overrides = {**plan_["overrides"], **data_overrides}
-    if restore:
-        overrides = json.loads((study_dir / "study.json").read_text())["overrides"]
-        changed = {
-            k: v
-            for k, v in (parse_override(t) for t in args.set)
-            if overrides.get(k, v) != v or k not in overrides
-        }
-        if changed:
-            key, value = next(iter(changed.items()))
-            raise StudyError(
-                f"--set {key}={value!r}: a resumed study keeps the settings it started with "
-                f"({key}={overrides.get(key, '<default>')!r}); start a new study to change it"
-            )
-    apply_overrides(plan_["config"], data_overrides)  # validates the data keys too
-
-    env = ray_env(args.wandb or plan_["config"].training.logging.wandb.mode)
-    max_concurrent = plan_["max_concurrent"]
-    dashboard = start_ray(args.address, max_concurrent, env, args.dashboard_host)
-    print(f"[study] {spec.name}: dashboard {dashboard}", flush=True)
-    import ray
-
-    workers = args.workers_per_trial
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    settings = TrialSettings(
-        study=spec.name,
-        study_dir=str(study_dir),
+def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float) -> TrialSettings:
+    workers = plan.workers_per_trial
+    return TrialSettings(
+        study=plan.name,
+        study_dir=str(plan.study_dir),
         tune_dir=str(tune_dir),
-        base_config=str(plan_["base_config"]),
+        base_config=str(plan.base_config),
         overrides=overrides,
-        linked=dict(spec.linked),
-        objective=spec.objective,
-        mode=spec.mode,
+        linked=dict(plan.spec.linked),
+        objective=plan.spec.objective,
+        mode=plan.spec.mode,
         num_workers=workers,
         use_gpu=gpus > 0,
-        cpus_per_worker=args.cpus_per_worker,
+        cpus_per_worker=plan.cpus_per_worker,
         gpus_per_worker=gpus / workers if gpus else 0.0,
-        max_failures=args.max_failures,
+        max_failures=plan.max_failures,
     )
-    trial_resources = {"CPU": 1.0} if args.address else {"trial_slot": 1.0, "CPU": 0.0}
+
+
+def run(args: argparse.Namespace) -> int:
+    # --- checks that write nothing: bad input leaves the storage folder as it was (or absent)
+    plan = make_plan(args)
+    study_dir = plan.study_dir
+    restore = check_resume_state(study_dir, plan.resume) is not None
+    if plan.address:
+        check_address(plan.address)
+    data_overrides = user_dataset(plan) if not restore else {}
+    if restore:
+        resumed_overrides(study_dir, plan.set_args)
+
+    # --- from here on this driver owns the study. The state is checked again under the lock:
+    # another driver may have just started or finished it.
+    check_writable(plan.storage)
+    lock = lock_study(plan.storage, plan.name)  # noqa: F841 - released when the process ends
+    earlier_tune_dir = check_resume_state(study_dir, plan.resume)
+    tune_dir = earlier_tune_dir or study_dir / f"tune-{secrets.token_hex(4)}"
+    if restore:
+        overrides = resumed_overrides(study_dir, plan.set_args)
+    else:
+        if data_overrides is None:
+            data_overrides = synthetic_dataset(plan)
+        apply_overrides(plan.config, data_overrides)  # validates the data keys too
+        overrides = {**plan.overrides, **data_overrides}
+
+    # --- Ray
+    env = ray_env(plan.wandb or plan.config.training.logging.wandb.mode)
+    dashboard = start_ray(plan.address, plan.max_concurrent, env, plan.dashboard_host)
+    print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
+    import ray
+
+    gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
+    settings = trial_settings(plan, overrides, tune_dir, gpus)
+    trial_resources = {"CPU": 1.0} if plan.address else {"trial_slot": 1.0, "CPU": 0.0}
     if not restore:
-        write_json_atomic(
-            study_dir / "study.json",
-            {
-                "study": spec.name,
-                "description": spec.description,
-                "objective": spec.objective,
-                "mode": spec.mode,
-                "search": spec.search,
-                "searched_keys": searched_keys(spec),
-                "max_steps": plan_["config"].training.schedule.max_steps,
-                "num_samples": plan_["num_samples"],
-                "smoke": args.smoke,
-                "optuna_storage": "optuna.db" if spec.search == "optuna" else None,
-                "optuna_study_name": spec.name if spec.search == "optuna" else None,
-                "base_config": str(plan_["base_config"]),
-                "overrides": overrides,
-                "workers_per_trial": workers,
-                "gpus_per_trial": gpus,
-                "tune_dir": tune_dir.name,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "command": sys.argv,
-            },
-        )
-    tuner = build_tuner(plan_, args, settings, restore, trial_resources)
+        write_json_atomic(study_dir / "study.json", study_record(plan, overrides, gpus, tune_dir))
+    tuner = build_tuner(plan, settings, restore, trial_resources)
     start = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - start
     errors = sum(1 for r in results if r.error is not None)
     print(
-        f"[study] {spec.name}: {len(results)} trials in {wall:.0f} s ({errors} errored or diverged)",
+        f"[study] {plan.name}: {len(results)} trials in {wall:.0f} s ({errors} errored or diverged)",
         flush=True,
     )
     from analysis.report import write_report
@@ -567,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument(
         "--seeds",
-        type=lambda text: tuple(int(x) for x in text.split(",")),
+        type=parse_seeds,
         help="grid studies: comma-separated seeds to run instead of the study's (e.g. 0,1)",
     )
     p.add_argument(

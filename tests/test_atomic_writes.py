@@ -21,6 +21,7 @@ import torch
 
 from analysis.report import REPORT_DIR, TEMP_PREFIX, write_report
 from tests.test_analysis import MOUSE_FG, RANDOM_FG, add_finished, add_pairs, write_study
+from trainables.gslrm.atomic import remove_stale_temps
 from trainables.gslrm.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
@@ -161,6 +162,9 @@ def test_killed_checkpoint_save_leaves_previous_file(tmp_path: Path) -> None:
     leftovers = [p for p in folder.iterdir() if p != path]
     assert leftovers, "SIGKILL leaves the half-written temp file behind"
     assert latest_checkpoint(folder) == path  # temp files are not candidates
+    # The run's next start clears what the killed writer left (train() calls this).
+    assert remove_stale_temps(folder) == sorted(leftovers)
+    assert [p.name for p in folder.iterdir()] == [path.name]
 
     # A newer checkpoint that is truncated (e.g. copied in by hand) is skipped, not returned.
     newer = folder / checkpoint_name(5)

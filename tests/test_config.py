@@ -354,3 +354,49 @@ def test_negative_seed_is_refused() -> None:
     assert build_error("training.runtime.seed", -1).startswith(
         "training.runtime.seed: must be >= 0"
     )
+
+
+# Every other range rule of validate(): one bad value each, and the message it must give.
+RANGE_RULES = [
+    ("model.image_tokenizer.patch_size", 0, "must be > 0"),
+    ("model.image_tokenizer.in_channels", 3, "must be 9 (RGB + 6 ray channels)"),
+    ("model.transformer.d", 100, "must be a positive multiple of d_head (64)"),
+    ("model.transformer.n_layer", 0, "must be >= 1"),
+    ("model.gaussians.n_gaussians", -1, "must be >= 0"),
+    ("model.gaussians.sh_degree", 1, "only 0 is supported"),
+    ("model.gaussians.upsampler.upsample_factor", 2, "only 1 is supported"),
+    ("model.gaussians.downsample", 3, "must be >= 1 and divide image_size (256)"),
+    ("model.gaussians.downsample", 0, "must be >= 1"),
+    ("model.renderer.backend", "cuda", "must be auto, gsplat or torch"),
+    ("model.renderer.near_plane", 0.0, "must be > 0"),
+    ("training.dataset.num_views", 1, "must be >= 2"),
+    ("training.dataset.background_color", "grey", "must be white or black"),
+    ("training.dataset.maximize_view_overlap", True, "true is not supported"),
+    ("training.dataloader.batch_size_per_gpu", 0, "must be >= 1"),
+    ("training.dataloader.num_workers", -1, "must be >= 0"),
+    ("training.losses.mask_iou_threshold", 1.0, "must be in (0, 1)"),
+    ("training.losses.background_color_target", [1.0, 1.0], "must be 3 values in [0, 1]"),
+    ("training.losses.background_color_target", [1.0, 1.2, 1.0], "must be 3 values in [0, 1]"),
+    ("training.optimizer.lr", 0.0, "must be > 0"),
+    ("training.optimizer.beta1", 1.0, "must be in [0, 1)"),
+    ("training.optimizer.beta2", -0.1, "must be in [0, 1)"),
+    ("training.optimizer.weight_decay", -0.01, "must be >= 0"),
+    ("training.schedule.max_steps", 0, "must be >= 1"),
+    ("training.schedule.warmup", -1, "must be >= 0"),
+    ("training.runtime.amp_dtype", "fp8", "must be bf16 or fp16"),
+    ("training.runtime.grad_clip_norm", 0.0, "must be > 0"),
+    ("training.runtime.grad_checkpoint_every", -1, "must be >= 0"),
+    ("training.checkpointing.checkpoint_every", 0, "must be >= 1"),
+    ("training.checkpointing.keep_last", -1, "must be >= 0"),
+    ("training.logging.wandb.mode", "cloud", "must be offline, online or disabled"),
+    ("training.logging.wandb.log_every", 0, "must be >= 1"),
+    ("mouse.target_camera_distance", 0.0, "must be > 0"),
+    ("validation.val_every", 0, "must be >= 1"),
+    ("validation.mask_iou_threshold", 0.0, "must be in (0, 1)"),
+    ("validation.max_items", 0, "must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), RANGE_RULES, ids=lambda v: str(v))
+def test_range_rule_names_the_key(key: str, value: Any, message: str) -> None:
+    assert build_error(key, value).startswith(f"{key}: {message}")

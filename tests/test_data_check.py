@@ -59,7 +59,8 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 
 
 def test_generated_dataset_is_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
+    from trainables.gslrm.data import synthetic  # always present: a broken import must fail
+
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=1)
     before = sorted(tmp_path.rglob("*"))
     for key, count in (("train_list", 3), ("val_list", 1)):

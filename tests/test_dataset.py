@@ -340,7 +340,8 @@ def test_dataset_applies_normalize_rig(list_file: Path, tmp_path: Path) -> None:
 
 
 def test_generated_mouse_dataset(tmp_path: Path) -> None:
-    synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
+    from trainables.gslrm.data import synthetic  # always present: a broken import must fail
+
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=3)
     config = make_config(
         tmp_path,

@@ -1,9 +1,10 @@
 """Data parallel: 2 Ray Train CPU workers (gloo DDP) follow the 1-worker trajectory.
 
-Same global batch (1 worker x 2 items vs 2 workers x 1 item), fixed item order, and losses that
-are plain means over items (masked and background losses pool their denominators per worker,
-which DDP cannot reproduce exactly, so they are off here). Tolerance: float32 all-reduce sums in
-a different order, so weights after 6 AdamW steps agree to 1e-4 and validation PSNR to 0.01 dB.
+Same global batch (1 worker x 2 items vs 2 workers x 1 item), fixed item order, with the masked
+L2 and the background loss on: their pixel counts differ between the two items, and the loop
+divides by the global counts (all-reduced), so both runs optimise one objective. Tolerance:
+float32 all-reduce sums in a different order, so weights after 6 AdamW steps agree to 1e-4,
+the logged train/loss (averaged over ranks) to 1e-5 relative and validation PSNR to 0.01 dB.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from trainables.gslrm.data.synthetic import generate_dataset
 from trainables.ray_trainable import train_worker
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
 
 
 def run_ddp(tmp_path: Path, data: dict, workers: int) -> Path:
@@ -40,8 +40,9 @@ def run_ddp(tmp_path: Path, data: dict, workers: int) -> Path:
             "validation.max_items=2",
             "training.dataloader.shuffle=false",
             f"training.dataloader.batch_size_per_gpu={2 // workers}",
-            "training.losses.masked_l2_loss=false",
-            "training.losses.background_loss_weight=0.0",
+            "training.losses.masked_l2_loss=true",
+            "training.losses.background_loss_weight=0.3",
+            "model.renderer.backend=torch",
             "training.logging.wandb.mode=disabled",
             "training.logging.wandb.log_every=1",
         ],
@@ -63,6 +64,7 @@ def run_ddp(tmp_path: Path, data: dict, workers: int) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_workers_follow_one_worker(tmp_path):
     import ray
 
@@ -73,12 +75,14 @@ def test_two_workers_follow_one_worker(tmp_path):
     finally:
         ray.shutdown()
 
-    def val_psnr(run: Path) -> list[float]:
+    def logged(run: Path, key: str) -> list[float]:
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return [r["val/psnr"] for r in rows if "val/psnr" in r]
+        return [r[key] for r in rows if key in r]
 
-    assert len(val_psnr(single)) == 2
-    assert val_psnr(double) == pytest.approx(val_psnr(single), abs=0.01)
+    assert len(logged(single, "val/psnr")) == 2
+    assert logged(double, "val/psnr") == pytest.approx(logged(single, "val/psnr"), abs=0.01)
+    assert len(logged(single, "train/loss")) == 6
+    assert logged(double, "train/loss") == pytest.approx(logged(single, "train/loss"), rel=1e-5)
     a = read_checkpoint(single / "checkpoints" / "ckpt_0000000000000006.pt")["model"]
     b = read_checkpoint(double / "checkpoints" / "ckpt_0000000000000006.pt")["model"]
     start = read_checkpoint(single / "checkpoints" / "ckpt_0000000000000003.pt")["model"]
@@ -87,6 +91,7 @@ def test_two_workers_follow_one_worker(tmp_path):
     print(
         f"max weight change over steps 3-6: {moved:.2e}; 1 vs 2 workers max difference: {diff:.2e}"
     )
-    assert moved > 1e-3  # the comparison is not vacuous: training moved the weights
+    # not vacuous: training moved the weights by 5x the tolerance or more (measured 1.1e-3)
+    assert moved > 5e-4
     assert diff < 1e-4
     assert all(torch.isfinite(t).all() for t in b.values())

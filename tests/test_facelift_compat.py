@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainables.gslrm import rig
 from trainables.gslrm.checkpoint import (
     CheckpointError,
     implied_shape,
@@ -92,15 +93,8 @@ def save_facelift_checkpoint(
 
 
 def look_at_c2w(eye: list[float]) -> torch.Tensor:
-    """OpenCV camera at `eye` looking at the origin, world z up."""
-    eye_t = torch.tensor(eye, dtype=torch.float64)
-    forward = -eye_t / eye_t.norm()
-    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-    right = right / right.norm()
-    down = torch.linalg.cross(forward, right)
-    c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, forward, eye_t
-    return c2w
+    """OpenCV camera at `eye` looking at the origin, world z up (float64)."""
+    return torch.from_numpy(rig.look_at_c2w(eye))
 
 
 def inputs(seed: int = 1) -> tuple[torch.Tensor, Cameras]:

@@ -19,8 +19,6 @@ import pytest
 from tests.test_study import REPO, TINY, ray_head, study_env, summaries
 from trainables.gslrm.data.synthetic import generate_dataset
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
@@ -55,6 +53,7 @@ def ray_train_worker_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     storage = tmp_path / "studies"
     cmd = [
@@ -104,6 +103,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     assert int(trials["restarts"].iloc[0]) >= 1
 
 
+@pytest.mark.slow
 def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path, data):
     broken = tmp_path / "broken"
     shutil.copytree(Path(data["val_list"]).parent, broken)
@@ -160,7 +160,11 @@ def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path
     assert "diverged" in report
 
 
-def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
+@pytest.mark.slow
+def test_driver_killed_twice_resume_finishes_exactly(tmp_path, data):
+    """Kill the driver (and the Ray it started) once right after its first trial finished, then
+    kill the resumed driver at a random point; a last --resume ends with exactly the 3 trials,
+    one run folder each, and a plain re-run of the finished study is refused."""
     storage = tmp_path / "studies"
     study_dir = storage / "mouse_loss_sweep"
     base = [
@@ -176,10 +180,9 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
         *TINY,
         *data_args(data),
     ]
-    rng = random.Random(7)
-    for attempt in range(2):
-        cmd = base + (["--resume"] if attempt else [])
-        proc = subprocess.Popen(
+
+    def start(cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
             cmd,
             cwd=REPO,
             env=study_env(),
@@ -187,10 +190,23 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        time.sleep(rng.uniform(15, 60))
+
+    def kill(proc: subprocess.Popen) -> None:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait(timeout=60)
+
+    first = start(base)
+    deadline = time.monotonic() + 600
+    while not summaries(study_dir) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert summaries(study_dir), "first trial never finished"
+    time.sleep(5)  # let the second trial start
+    kill(first)
+    resumed = start(base + ["--resume"])
+    time.sleep(random.Random(7).uniform(15, 60))
+    kill(resumed)
+
     final = subprocess.run(
         base + ["--resume"], cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=900
     )
@@ -201,8 +217,11 @@ def test_driver_killed_at_random_points_resume_finishes_exactly(tmp_path, data):
         "status"
     ]  # ASHA may stop some
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
+    again = subprocess.run(base, cwd=REPO, env=study_env(), capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # not silently re-run
 
 
+@pytest.mark.slow
 def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
     env = study_env()
     with ray_head(num_cpus=4) as address:
@@ -236,6 +255,9 @@ def test_two_studies_on_one_cluster_do_not_mix(tmp_path, data):
         summaries(tmp_path / "view_order_ablation"),
     )
     assert len(sweep) == 1 and len(ablation) == 2
+    # the grid study joined the `ray start --head` cluster and ran its whole grid there
+    assert {s["status"] for s in ablation} == {"finished"}
+    assert {s["config"]["mouse.use_mouse_dataset"] for s in ablation} == {False, True}
     assert {s["study"] for s in sweep} == {"mouse_loss_sweep"}
     assert {s["study"] for s in ablation} == {"view_order_ablation"}
     for study, rows in (("mouse_loss_sweep", sweep), ("view_order_ablation", ablation)):

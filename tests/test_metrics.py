@@ -145,12 +145,42 @@ def test_lpips_key_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen[0].min().item() == pytest.approx(-0.5)  # inputs mapped to [-1, 1]
 
 
-def test_lpips_available_is_false_without_package() -> None:
-    # This environment has no lpips package; the check must say so without downloading.
+def test_lpips_available_needs_the_package_and_both_weight_files(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked against a fake installation, so the test means the same with or without lpips:
+    True only when the package, torchvision, lpips' linear weights and the torchvision VGG16
+    checkpoint are all on disk (nothing is ever downloaded)."""
+    import importlib.machinery
     import importlib.util
 
-    if importlib.util.find_spec("lpips") is None:
-        assert lpips_available() is False
+    package = tmp_path / "site" / "lpips"
+    (package / "weights" / "v0.1").mkdir(parents=True)
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    real_find_spec = importlib.util.find_spec
+    installed = {"lpips", "torchvision"}
+
+    def find_spec(name: str, *args):
+        if name == "lpips" and "lpips" in installed:
+            spec = importlib.machinery.ModuleSpec("lpips", None, is_package=True)
+            spec.submodule_search_locations = [str(package)]
+            return spec
+        if name in ("lpips", "torchvision"):
+            return object() if name in installed else None
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    assert lpips_available() is False  # no weight files yet
+    (package / "weights" / "v0.1" / "vgg.pth").write_bytes(b"linear layers")
+    assert lpips_available() is False  # the VGG16 backbone is still missing
+    (hub / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"backbone")
+    assert lpips_available() is True
+    installed.discard("torchvision")
+    assert lpips_available() is False
+    installed.discard("lpips")
+    assert lpips_available() is False
 
 
 def test_no_gradients_and_bad_shapes() -> None:

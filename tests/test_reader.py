@@ -23,21 +23,9 @@ from trainables.gslrm.data.reader import (
     read_sample,
     scaled_intrinsics,
 )
+from trainables.gslrm.rig import look_at_c2w
 
 SIZE = 16
-
-
-def look_at_c2w(
-    centre: Any, target: Any = (0.0, 0.0, 0.0), up: Any = (0.0, 0.0, 1.0)
-) -> np.ndarray:
-    """OpenCV camera-to-world (x right, y down, z forward) at `centre` looking at `target`."""
-    centre, target, up = (np.asarray(v, dtype=np.float64) for v in (centre, target, up))
-    z = (target - centre) / np.linalg.norm(target - centre)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    c2w = np.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, np.cross(z, x), z, centre
-    return c2w
 
 
 def ring_c2w(n: int, radius: float = 2.0, elevation_deg: float = 20.0) -> list[np.ndarray]:
@@ -593,7 +581,8 @@ def test_fewer_views_than_num_views(tmp_path: Path) -> None:
 
 
 def test_generated_dataset_reads_back(tmp_path: Path) -> None:
-    synthetic = pytest.importorskip("trainables.gslrm.data.synthetic")
+    from trainables.gslrm.data import synthetic  # always present: a broken import must fail
+
     summary = synthetic.generate_dataset(tmp_path / "gen", samples=4, size=32, rig="mouse6", seed=0)
     folders = read_list_file(summary["train_list"]) + read_list_file(summary["val_list"])
     assert len(folders) == 4

@@ -6,7 +6,6 @@ Nothing here starts Ray: `ray` is replaced by a stub module wherever study.run w
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from analysis.report import write_report
 from trainables.gslrm.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
 from trainables.gslrm.config import ConfigError, load_config
 from trainables.gslrm.data.synthetic import generate_dataset
@@ -54,21 +52,6 @@ def fake_ray(calls: list[dict[str, Any]], url: str) -> types.ModuleType:
     return module
 
 
-def test_start_ray_passes_the_dashboard_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    from study.run import start_ray
-
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "127.0.0.1:8265"))
-    url = start_ray(None, 1, {}, "127.0.0.1")
-    assert url == "http://127.0.0.1:8265"
-    (kwargs,) = calls
-    assert kwargs["dashboard_host"] == "127.0.0.1"
-    assert kwargs["include_dashboard"] is True
-    assert kwargs["resources"] == {"trial_slot": 1}
-    assert kwargs["runtime_env"] == {"env_vars": {}}
-    assert "address" not in kwargs  # a local cluster, not a join
-
-
 @pytest.fixture
 def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No Ray auth variables and an empty HOME; whatever the test sets is undone after it."""
@@ -82,7 +65,7 @@ def clean_auth_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(
     monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
 ) -> None:
-    from study.run import start_ray
+    from study.cluster import start_ray
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "http://10.0.0.5:8265"))
@@ -97,7 +80,7 @@ def test_joining_a_cluster_sends_the_local_auth_token(
 ) -> None:
     """`ray start --head` requires the token when ~/.ray/auth_token exists; ray.init(address=...)
     sends it only under RAY_AUTH_MODE=token."""
-    from study.run import send_auth_token_if_available
+    from study.cluster import send_auth_token_if_available
 
     send_auth_token_if_available()
     assert "RAY_AUTH_MODE" not in os.environ  # no token on this machine: nothing to send
@@ -113,7 +96,7 @@ def test_joining_a_cluster_sends_the_local_auth_token(
 def test_a_cluster_that_refuses_us_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch, clean_auth_env: Path
 ) -> None:
-    from study.run import StudyError, start_ray
+    from study.cluster import StudyError, start_ray
 
     module = types.ModuleType("ray")
 
@@ -187,51 +170,6 @@ def test_wandb_api_key_is_not_written_by_a_training_run(tmp_path: Path) -> None:
     assert (out / "metrics.jsonl").is_file() and (out / "config.yaml").is_file()
     assert files_containing(tmp_path, SECRET.encode()) == []
     assert SECRET not in result.stdout + result.stderr
-
-
-def test_report_does_not_write_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    study = tmp_path / "tiny_study"
-    trial = study / "tune" / "train_fn_a0001_00000_0"
-    trial.mkdir(parents=True)
-    (study / "study.json").write_text(
-        json.dumps(
-            {
-                "study": "tiny_study",
-                "objective": "val/psnr_fg",
-                "mode": "max",
-                "max_steps": 2,
-                "searched_keys": ["training.runtime.seed"],
-                "command": sys.argv,
-            }
-        )
-    )
-    (trial / "params.json").write_text(json.dumps({"training.runtime.seed": 0}))
-    lines = [
-        {
-            "val/psnr_fg": 10.0 + step,
-            "val/mask_iou": 0.2,
-            "train/loss": 1.0 / step,
-            "step": step,
-            "training_iteration": step,
-            "trial_id": "a0001_00000",
-        }
-        for step in (1, 2)
-    ]
-    (trial / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (trial / "trial_summary.json").write_text(
-        json.dumps(
-            {
-                "trial_id": "a0001_00000",
-                "status": "finished",
-                "steps_run": 2,
-                "config": {"training.runtime.seed": 0},
-            }
-        )
-    )
-    report = write_report(study)
-    assert report.is_file() and (study / "report" / "trials.parquet").is_file()
-    assert files_containing(study / "report", SECRET.encode()) == []
 
 
 # ---------------------------------------------------------------------------------------

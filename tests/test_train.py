@@ -20,6 +20,9 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.train import Hooks, TrainingDiverged, lr_factor, train, validate
 
 REPO = Path(__file__).resolve().parent.parent
+# Tests that compare runs exactly pin the device and the renderer: on a GPU machine the loop
+# would pick CUDA and gsplat, whose atomic-add backward is not bitwise reproducible.
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,7 @@ def smoke(data: dict, *overrides: str):
             f"training.dataset.dataset_path={data['train_list']}",
             f"validation.dataset_path={data['val_list']}",
             "training.logging.wandb.mode=disabled",
+            "model.renderer.backend=torch",
             *overrides,
         ],
     )
@@ -90,26 +94,42 @@ class Crash(Exception):
     pass
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, data):
-    config = tiny(data)
-    train(config, tmp_path / "straight")
+def test_resume_across_an_epoch_boundary_gives_the_same_losses(tmp_path, data):
+    """Crash at step 4 (mid epoch 0), resume: the remaining steps cross into epoch 1 and must see
+    the same batches, weights and losses as the uninterrupted run. A temp file a killed
+    checkpoint save left behind is removed when the run starts again."""
+    steps_per_epoch = len(MultiViewDataset(data["train_list"], tiny(data))) // 2
+    assert steps_per_epoch > 4, steps_per_epoch  # step 4 is mid epoch 0
+    last = steps_per_epoch + 1  # the first step of epoch 1
+    config = tiny(data, f"training.schedule.max_steps={last}")
+    train(config, tmp_path / "straight", Hooks(device=CPU))
 
-    def crash_at_step_2(metrics, checkpoint):
-        if metrics["step"] == 2:
+    def crash_at_step_4(metrics, checkpoint):
+        if metrics["step"] == 4:
             assert checkpoint is not None and checkpoint.is_file()
             raise Crash
 
     with pytest.raises(Crash):
-        train(config, tmp_path / "interrupted", Hooks(report=crash_at_step_2))
-    result = train(config, tmp_path / "interrupted")
-    assert result.resumed_from_step == 2 and result.final_step == 4
+        train(config, tmp_path / "interrupted", Hooks(device=CPU, report=crash_at_step_4))
+    stale = tmp_path / "interrupted" / "checkpoints" / ".ckpt_0000000000000006.pt.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    result = train(config, tmp_path / "interrupted", Hooks(device=CPU))
+    assert result.resumed_from_step == 4 and result.final_step == last
+    assert result.steps_this_call == last - 4
+    assert not stale.exists()
 
     def losses(run: str) -> dict[int, float]:
         return {r["step"]: r["train/loss"] for r in read_log(tmp_path / run) if "train/loss" in r}
 
     straight, resumed = losses("straight"), losses("interrupted")
-    for step in (3, 4):
+    for step in range(5, last + 1):
         assert resumed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), step
+    epochs = {
+        r["step"]: r["metrics/epoch"]
+        for r in read_log(tmp_path / "interrupted")
+        if "metrics/epoch" in r
+    }
+    assert epochs[last - 1] == 0 and epochs[last] == 1
 
 
 def test_run_folder_keeps_only_the_newest_checkpoints(tmp_path, data):

@@ -8,24 +8,34 @@ validation round, and resume from `ray.train.get_checkpoint()` after a worker fa
 `TuneReportCallback` forwards rank 0's reports to Tune, so every validation round is one
 Tune iteration that ASHA and Optuna see.
 
+How a trial ended is decided by `trainables.outcome.classify_outcome`, the rule the analysis
+applies to the same files.
+
 Files per trial (in the study folder):
     runs/<trial_id>/           the trainer's run folder (metrics.jsonl, pictures, checkpoints, wandb)
     runs/<trial_id>/attempts.jsonl   one line per worker-group start (restarts = lines - 1)
-    tune-<id>/<trial>/trial_summary.json  status, error, steps, wall and GPU seconds, full config
+    runs/<trial_id>/train_result.json / diverged.json   how the loop ended (rank 0)
+    tune-<id>/<trial>/trial_summary.json  status, error, steps_run (the trainer's last step),
+                               wall_s (the trial's fit), gpu_s (GPU time of the training steps,
+                               CUDA events; 0 on CPU), restarts, seed, code version, full config
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import (
     apply_overrides,
     config_from_dict,
@@ -33,9 +43,9 @@ from trainables.gslrm.config import (
     flat_config,
     load_config,
 )
+from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 
 SUMMARY_FILE = "trial_summary.json"
-DIVERGED_FILE = "diverged.json"
 ATTEMPTS_FILE = "attempts.jsonl"
 
 
@@ -87,12 +97,34 @@ def code_version() -> str:
         return "unknown"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, default=str)
-    os.replace(tmp, path)
+@contextmanager
+def staged_for_report(checkpoint_file: Path) -> Iterator[Path]:
+    """A folder holding only `checkpoint_file`, for `Checkpoint.from_directory`; removed after.
+
+    The folder is made beside the checkpoint (the run folder), so the file is hard-linked on
+    its own filesystem instead of copied (1.2 GB at full size). Where a link is refused (a
+    filesystem without hard links, or one that answers EXDEV), the file is copied.
+    """
+    with tempfile.TemporaryDirectory(
+        prefix=".report_", dir=checkpoint_file.parent.parent
+    ) as folder:
+        link_or_copy(checkpoint_file, Path(folder) / checkpoint_file.name)
+        yield Path(folder)
+
+
+def link_or_copy(source: Path, target: Path) -> str:
+    """Hard-link `source` to `target`, or copy it when the filesystem refuses the link.
+
+    Returns "linked" or "copied".
+    """
+    try:
+        os.link(source, target)
+        return "linked"
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+    shutil.copy2(source, target)
+    return "copied"
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,7 +150,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     resume_dir = None
     restored = ray.train.get_checkpoint()
     if restored is not None:
-        resume_dir = Path(tempfile.mkdtemp(prefix="resume_"))
+        # beside the run folder, not in $TMPDIR: a full-size checkpoint is 1.2 GB
+        resume_dir = Path(tempfile.mkdtemp(prefix=".resume_", dir=run_dir))
         restored.to_directory(str(resume_dir))
     resume_file = next(iter(sorted(resume_dir.glob("ckpt_*.pt"))), None) if resume_dir else None
 
@@ -126,9 +159,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if checkpoint_file is None:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="report_") as folder:
-            os.link(checkpoint_file, Path(folder) / checkpoint_file.name)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        with staged_for_report(checkpoint_file) as folder:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
     hooks = Hooks(
         device=ray.train.torch.get_device(),
@@ -152,9 +184,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             shutil.rmtree(resume_dir, ignore_errors=True)
     if rank == 0:
         write_json_atomic(
-            run_dir / "train_result.json",
+            run_dir / RESULT_FILE,
             {
-                "steps_run": result.steps_run,
+                "steps_this_call": result.steps_this_call,
                 "final_step": result.final_step,
                 "wall_s": result.wall_s,
                 "gpu_s": result.gpu_s,
@@ -165,17 +197,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Tune side
-
-
-def last_logged_step(run_dir: Path) -> int:
-    """The newest step in the trainer's metrics.jsonl (0 when nothing was logged)."""
-    log = run_dir / "metrics.jsonl"
-    if not log.is_file():
-        return 0
-    steps = [
-        json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()
-    ]
-    return max(steps, default=0)
 
 
 def trial_config(settings: TrialSettings, sampled: dict[str, Any]):
@@ -198,38 +219,13 @@ def _root_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
-    """Tune function trainable: one trial = one TorchTrainer.fit()."""
+def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
+    """The trial's TorchTrainer: its workers run `train_worker`; rank 0's reports go to Tune."""
     import ray.train
-    from ray import tune
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    context = tune.get_context()
-    trial_id = context.get_trial_id()
-    trial_dir = Path(context.get_trial_dir())
-    study_dir = Path(settings.study_dir)
-    run_dir = study_dir / "runs" / trial_id
-    config = trial_config(settings, sampled)
-    summary: dict[str, Any] = {
-        "trial_id": trial_id,
-        "study": settings.study,
-        "status": "running",
-        "error": None,
-        "diverged_step": None,
-        "steps_run": 0,
-        "wall_s": 0.0,
-        "gpu_s": 0.0,
-        "restarts": 0,
-        "seed": config.training.runtime.seed,
-        "code_version": code_version(),
-        "config": flat_config(config),
-        "run_dir": str(run_dir),
-    }
-    os.environ.setdefault(
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s)
-    )
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config={
             "config": config_to_dict(config),
@@ -246,11 +242,12 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"{settings.study}-{trial_id}",
-            storage_path=str(study_dir / "train"),
+            storage_path=str(Path(settings.study_dir) / "train"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
                 max_failures=settings.max_failures, controller_failure_limit=settings.max_failures
             ),
+            # Ray Train keeps the best by the objective and the latest.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=settings.keep_checkpoints,
                 checkpoint_score_attribute=settings.objective,
@@ -258,47 +255,82 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
             ),
         ),
     )
-    start = time.perf_counter()
-    error: BaseException | None = None
-    stopped_from_outside = False
+
+
+def stopped_by_tune(exc: BaseException) -> bool:
+    """True for the errors Ray raises in a trial that Tune stops mid-fit (ASHA, the study
+    ending): the trial's Train controller or workers are torn down under it. Any other
+    exception (a configuration error, a bug, a Ray Train failure) is the trial's own error."""
+    import ray.exceptions
+
+    return isinstance(exc, ray.exceptions.RayError) and not isinstance(
+        exc, ray.exceptions.RayTaskError
+    )
+
+
+def fit(trainer) -> tuple[str | None, str | None]:
+    """Run trainer.fit(); returns (error message or None, stop note or None)."""
+    import ray.train
+
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as exc:  # wraps the worker's own exception
-        error = exc
-    except Exception:  # noqa: BLE001
-        # Tune stopped this trial (ASHA, or the study ending) and tore the worker group down
-        # mid-fit: not a training failure.
-        stopped_from_outside = True
-    summary["wall_s"] = time.perf_counter() - start
+        return _root_cause(exc), None
+    except Exception as exc:  # noqa: BLE001 - every exception becomes the trial's record
+        if stopped_by_tune(exc):
+            return None, f"{type(exc).__name__}: {_root_cause(exc)}"
+        return f"{type(exc).__name__}: {_root_cause(exc)}", None
+    return None, None
+
+
+def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
+    """Tune function trainable: one trial = one TorchTrainer.fit(), then its summary."""
+    from ray import tune
+
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    trial_dir = Path(context.get_trial_dir())
+    run_dir = Path(settings.study_dir) / "runs" / trial_id
+    config = trial_config(settings, sampled)
+    os.environ.setdefault(
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s)
+    )
+    trainer = make_trainer(settings, config, trial_id, run_dir)
+    start = time.perf_counter()
+    error, stop_note = fit(trainer)
+    wall_s = time.perf_counter() - start
+
+    outcome = classify_outcome(run_dir, config.training.schedule.max_steps, error)
+    result = _read_json(run_dir / RESULT_FILE)
     attempts = run_dir / ATTEMPTS_FILE
-    if attempts.is_file():
-        summary["restarts"] = max(0, len(attempts.read_text().splitlines()) - 1)
-    result_file = run_dir / "train_result.json"
-    if result_file.is_file():
-        result = json.loads(result_file.read_text())
-        summary.update(steps_run=result["final_step"], gpu_s=result["gpu_s"])
-    diverged = run_dir / DIVERGED_FILE
-    if diverged.is_file():
-        info = json.loads(diverged.read_text())
-        summary.update(
-            status="diverged",
-            error=info["error"],
-            diverged_step=info["step"],
-            steps_run=info["step"],
-        )
-        error = RuntimeError(info["error"])
-    elif error is not None:
-        summary.update(status="errored", error=_root_cause(error))
-    elif stopped_from_outside and not result_file.is_file():
-        step = last_logged_step(run_dir)
-        done = step >= config.training.schedule.max_steps
-        summary.update(status="finished" if done else "stopped_early", steps_run=step)
-    else:
-        summary["status"] = "finished"
+    summary: dict[str, Any] = {
+        "trial_id": trial_id,
+        "study": settings.study,
+        "status": outcome.status,
+        "error": outcome.error,
+        "stop_note": stop_note,
+        "diverged_step": outcome.diverged_step,
+        "steps_run": outcome.last_step,  # the trainer's last step (resumes included)
+        "wall_s": wall_s,
+        "gpu_s": float(result.get("gpu_s", 0.0)),
+        "restarts": max(0, len(attempts.read_text().splitlines()) - 1) if attempts.is_file() else 0,
+        "seed": config.training.runtime.seed,
+        "code_version": code_version(),
+        "config": flat_config(config),
+        "run_dir": str(run_dir),
+    }
     # get_trial_dir() is Tune's local staging folder, synced to storage only on reports, so the
     # summary goes straight to the trial's folder in the study's storage as well.
     for folder in {trial_dir, Path(settings.tune_dir) / trial_dir.name}:
         write_json_atomic(folder / SUMMARY_FILE, summary)
-    if error is not None:
+    if outcome.status in ("errored", "diverged"):
         # Tune records the trial as errored (Optuna: failed); the study goes on.
-        raise RuntimeError(summary["error"])
+        raise RuntimeError(outcome.error)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

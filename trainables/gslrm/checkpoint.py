@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from trainables.gslrm.atomic import atomic_path
 
 # (FaceLift state_dict name pattern, our name template). Our modules carry FaceLift's names,
 # so every template is the identity; a renamed module would change its row here and nowhere else.
@@ -184,16 +184,8 @@ def save_checkpoint(
         "format": FORMAT,
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(state, handle)
     return path
 
 

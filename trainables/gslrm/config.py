@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from trainables.gslrm.atomic import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A bad config key or value. The message names the dotted key."""
@@ -399,7 +401,7 @@ def load_config(
 
 
 def save_config(config: TrainerConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------

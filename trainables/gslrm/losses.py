@@ -23,6 +23,12 @@ edges count, by design), and foreground within 5 px of the image border is not
 scored. The reference instead painted background 0.5 in both images and took the
 full-image SSIM, which dilutes the loss by the ~95% background pixels (SSIM 1 there).
 
+Data parallel: the masked and background losses divide by a pixel count. Each rank sees only
+its share of the global batch, so `compute_losses` takes `mean_over_ranks` (an all-reduce mean
+of a count; the identity alone) and divides by the mean count per rank: DDP's gradient average
+of the per-rank losses is then the gradient of the global loss, sum over all ranks' pixels /
+global count, as one worker with the whole batch computes it.
+
 Perceptual (VGG19) and LPIPS losses are not implemented: their weights are not
 available locally and are never downloaded, and a fake term would corrupt the study.
 check_perceptual_available() turns a non-zero weight into a start-up error.
@@ -30,51 +36,19 @@ check_perceptual_available() turns a non-zero weight into a start-up error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import pytorch_msssim
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from trainables.gslrm.metrics import (
-    SSIM_WIN_SIGMA,
-    SSIM_WIN_SIZE,
-    check_image_shapes,
-    mask_iou,
-    psnr_from_mse,
-)
+from trainables.gslrm.config import LossesConfig
+from trainables.gslrm.metrics import SSIM_WIN_SIGMA, SSIM_WIN_SIZE, check_image_shapes
 
 # pytorch_msssim's defaults for images in [0, 1]
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Loss weights and switches (the `training.losses` config section, minus the
-    perceptual / LPIPS weights, which check_perceptual_available() handles)."""
-
-    l2_loss_weight: float = 1.0
-    ssim_loss_weight: float = 0.0
-    masked_l2_loss: bool = False
-    masked_ssim_loss: bool = False
-    mask_threshold: float = 0.5  # foreground = alpha > mask_threshold
-    background_loss_weight: float = 0.0
-    background_color_target: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    mask_iou_threshold: float = 0.1  # for the train/mask_iou diagnostic
-
-    def __post_init__(self) -> None:
-        for name in ("l2_loss_weight", "ssim_loss_weight", "background_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in [0, 1), got {self.mask_threshold}")
-        if len(self.background_color_target) != 3:
-            raise ValueError("background_color_target must have 3 values")
-        # configs hold a list; store a tuple so the frozen instance stays immutable
-        color = tuple(float(c) for c in self.background_color_target)
-        object.__setattr__(self, "background_color_target", color)
 
 
 def check_perceptual_available(perceptual_loss_weight: float, lpips_loss_weight: float) -> None:
@@ -163,24 +137,39 @@ def crop_to_ssim_map(mask: Tensor, win_size: int = SSIM_WIN_SIZE) -> Tensor:
     return mask
 
 
-def l2_loss(render: Tensor, target: Tensor, foreground: Tensor | None) -> Tensor:
+CountReduce = Callable[[Tensor], Tensor]
+
+
+def _local(count: Tensor) -> Tensor:
+    return count
+
+
+def l2_loss(
+    render: Tensor, target: Tensor, foreground: Tensor | None, mean_over_ranks: CountReduce = _local
+) -> Tensor:
     """Mean squared error; over foreground pixels only when a mask is given.
 
     render, target: [N, 3, H, W]; foreground: [N, 1, H, W] float 0/1 or None.
     Masked: sum of squared error over fg pixels / (max(1, n_fg) * 3), pooled over
-    the batch; 0 with a gradient (not NaN) when there is no foreground.
+    the batch, n_fg being the mean over ranks of each rank's count (see the module
+    docstring); 0 with a gradient (not NaN) when there is no foreground.
     """
     squared = (render - target).pow(2)
     if foreground is None:
         return squared.mean()
-    return (squared * foreground).sum() / (foreground.sum().clamp_min(1.0) * 3.0)
+    count = mean_over_ranks(foreground.sum().detach())
+    return (squared * foreground).sum() / (count.clamp_min(1.0) * 3.0)
 
 
-def ssim_loss(render: Tensor, target: Tensor, foreground: Tensor | None) -> Tensor:
+def ssim_loss(
+    render: Tensor, target: Tensor, foreground: Tensor | None, mean_over_ranks: CountReduce = _local
+) -> Tensor:
     """1 - clamp(SSIM, 0, 1); SSIM averaged over foreground map pixels when masked.
 
     render, target: [N, 3, H, W]; foreground: [N, 1, H, W] float 0/1 or None.
     Masked with no foreground window centre: 0 (a defined value with zero gradient).
+    Under DDP the lower clamp at 0 applies to each rank's share (a clamp of a sum is not a
+    sum of clamps); it only binds for a negative SSIM, which trained renders do not reach.
     """
     if foreground is None:
         value = pytorch_msssim.ssim(
@@ -193,63 +182,68 @@ def ssim_loss(render: Tensor, target: Tensor, foreground: Tensor | None) -> Tens
         )
         return 1.0 - value.clamp(0.0, 1.0)
     weights = crop_to_ssim_map(foreground)
-    count = weights.sum()
+    local = weights.sum().detach()
+    count = mean_over_ranks(local)
+    share = local / count.clamp_min(1.0)  # this rank's part of the global mean: 1 alone
     mean_fg = (ssim_map(render, target) * weights).sum() / count.clamp_min(1.0)
-    loss = 1.0 - mean_fg.clamp(0.0, 1.0)
+    # clamp to [0, share]: alone [0, 1]; per-pixel SSIM <= 1 keeps the upper bound a no-op
+    loss = share - torch.minimum(mean_fg.clamp_min(0.0), share)
     # torch.where (not a Python branch) avoids a host sync on GPU; both branches are finite
     return torch.where(count > 0, loss, loss * 0.0)
 
 
-def background_loss(render: Tensor, background: Tensor, color: Tensor) -> Tensor:
+def background_loss(
+    render: Tensor, background: Tensor, color: Tensor, mean_over_ranks: CountReduce = _local
+) -> Tensor:
     """Squared distance of background pixels to the background colour.
 
     render: [N, 3, H, W]; background: [N, 1, H, W] float 0/1; color: [1, 3, 1, 1].
-    Sum over background pixels / (max(1, n_bg) * 3).
+    Sum over background pixels / (max(1, n_bg) * 3), n_bg the mean count per rank.
     """
     squared = (render - color).pow(2) * background
-    return squared.sum() / (background.sum().clamp_min(1.0) * 3.0)
+    count = mean_over_ranks(background.sum().detach())
+    return squared.sum() / (count.clamp_min(1.0) * 3.0)
 
 
 def compute_losses(
-    render: Tensor, target: Tensor, target_alpha: Tensor, weights: LossWeights
+    render: Tensor,
+    target: Tensor,
+    target_alpha: Tensor,
+    losses: LossesConfig,
+    mean_over_ranks: CountReduce = _local,
 ) -> dict[str, Tensor]:
-    """All training losses and diagnostics as 0-dim tensors.
+    """The training losses as 0-dim tensors, configured by `training.losses` directly.
 
     render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W].
     Keys: loss (= l2_w * l2_loss + ssim_w * ssim_loss + bg_w * background_loss),
-    l2_loss, ssim_loss (0 unless ssim_loss_weight > 0, since SSIM is costly),
-    background_loss, mask_iou (detached), psnr (detached, -10 log10 l2_loss, capped at
-    100 dB; it is the foreground PSNR when masked_l2_loss is on).
+    l2_loss (masked when masked_l2_loss), ssim_loss (0 unless ssim_loss_weight > 0, since
+    SSIM is costly), background_loss. Ranges of the weights are checked by config.validate.
+    mean_over_ranks: all-reduce mean of a pixel count under DDP (identity alone).
     """
     check_image_shapes(render, target, target_alpha)
     # float32: bf16 autocast outputs would lose the small squared errors in the sums
     flat_render = render.float().clamp(0.0, 1.0).flatten(0, 1)
     flat_target = target.float().flatten(0, 1)
     flat_alpha = target_alpha.float().flatten(0, 1)
-    foreground = (flat_alpha > weights.mask_threshold).float()
+    foreground = (flat_alpha > losses.mask_threshold).float()
     background = 1.0 - foreground
     color = torch.tensor(
-        weights.background_color_target, dtype=flat_render.dtype, device=flat_render.device
+        [float(c) for c in losses.background_color_target],
+        dtype=flat_render.dtype,
+        device=flat_render.device,
     ).view(1, 3, 1, 1)
 
-    l2 = l2_loss(flat_render, flat_target, foreground if weights.masked_l2_loss else None)
-    if weights.ssim_loss_weight > 0:
-        ssim = ssim_loss(flat_render, flat_target, foreground if weights.masked_ssim_loss else None)
+    fg_l2 = foreground if losses.masked_l2_loss else None
+    l2 = l2_loss(flat_render, flat_target, fg_l2, mean_over_ranks)
+    if losses.ssim_loss_weight > 0:
+        fg_ssim = foreground if losses.masked_ssim_loss else None
+        ssim = ssim_loss(flat_render, flat_target, fg_ssim, mean_over_ranks)
     else:
         ssim = flat_render.new_zeros(())
-    bg = background_loss(flat_render, background, color)
+    bg = background_loss(flat_render, background, color, mean_over_ranks)
     total = (
-        weights.l2_loss_weight * l2
-        + weights.ssim_loss_weight * ssim
-        + weights.background_loss_weight * bg
+        losses.l2_loss_weight * l2
+        + losses.ssim_loss_weight * ssim
+        + losses.background_loss_weight * bg
     )
-    return {
-        "loss": total,
-        "l2_loss": l2,
-        "ssim_loss": ssim,
-        "background_loss": bg,
-        "mask_iou": mask_iou(
-            render, target_alpha, weights.background_color_target, weights.mask_iou_threshold
-        ),
-        "psnr": psnr_from_mse(l2.detach()),
-    }
+    return {"loss": total, "l2_loss": l2, "ssim_loss": ssim, "background_loss": bg}

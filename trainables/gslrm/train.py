@@ -2,16 +2,21 @@
 
     python -m trainables.gslrm.train --config configs/smoke.yaml --out runs/smoke [--set key=value ...]
 
-`train(config, out_dir, hooks)` is the whole loop: AdamW (weight decay on matrices only),
-linear warmup + cosine decay, gradient clipping, the configured losses, validation every
-`validation.val_every` steps (metrics, a picture, a checkpoint when one is due), W&B logging
-(offline unless asked otherwise) and a local `metrics.jsonl`. A caller such as the Ray Train
-adapter drives it through `Hooks`: it can wrap the model and data loader (DDP, distributed
-sampling), receive every validation report with the checkpoint written at that step, and hand
-in a checkpoint to resume from. Checkpoints are written at validation rounds, atomically, and
-the newest one in `out_dir/checkpoints` is resumed automatically.
+`train(config, out_dir, hooks)` is the loop; its body fits one screen, in execution order:
+build the `TrainState` (model, AdamW with weight decay on matrices only, linear warmup +
+cosine decay, grad scaler), resume it, open the data, then per batch `train_step` (forward,
+losses, finite check, backward, clip, optimizer step), a log record every `log_every` steps
+and a `validation_round` every `validation.val_every` steps (metrics, a picture, a checkpoint
+when one is due). W&B logs offline unless asked otherwise, beside a local `metrics.jsonl`.
 
-A non-finite loss stops the run with `TrainingDiverged` ("diverged at step N").
+A caller such as the Ray Train adapter drives it through `Hooks` (see its docstring for who
+calls what, when). Checkpoints are written at validation rounds, atomically, and the newest
+one in `out_dir/checkpoints` is resumed automatically.
+
+No per-step host sync beyond one: the loss terms are summed on the device and read at log
+steps, and the finite check reads one flag per step (all-reduced first under DDP, so every
+rank stops at the same step). A non-finite loss stops the run with `TrainingDiverged`
+("diverged at step N") before the optimizer applies it.
 """
 
 from __future__ import annotations
@@ -24,14 +29,16 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
+from trainables.gslrm.atomic import remove_stale_temps
 from trainables.gslrm.checkpoint import (
     checkpoint_name,
     latest_checkpoint,
@@ -47,8 +54,8 @@ from trainables.gslrm.config import (
     save_config,
 )
 from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
-from trainables.gslrm.losses import LossWeights, check_perceptual_available, compute_losses
-from trainables.gslrm.metrics import compute_metrics
+from trainables.gslrm.losses import check_perceptual_available, compute_losses
+from trainables.gslrm.metrics import compute_metrics, mask_iou, per_view_psnr
 from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
@@ -67,18 +74,43 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _no_report(metrics: dict[str, float], checkpoint: Path | None) -> None:
+    return None
+
+
 @dataclass
 class Hooks:
-    """How a caller (e.g. the Ray Train adapter) plugs into the loop; defaults run it alone."""
+    """How a caller (e.g. the Ray Train adapter) plugs into the loop; the defaults run it alone.
+
+    Every rank of a data-parallel run calls `train` with its own Hooks (same config):
+
+    - `device`: where this rank trains; None picks CUDA when present, else CPU.
+    - `rank`, `world_size`: this rank and the number of ranks. Rank 0 (`is_main`) alone
+      validates, logs, writes pictures and checkpoints; every rank trains.
+    - `wrap_model(model)`: called once on every rank, after the weights were restored and
+      before the first step (e.g. DDP). The loop unwraps `.module` for validation and
+      checkpoints, so the wrapper must keep the plain model there.
+    - `wrap_loader(loader)`: called once on every rank on the training DataLoader before the
+      first step (e.g. distributed sampling); its sampler's `set_epoch` is called at each
+      epoch start when it has one.
+    - `report(metrics, checkpoint)`: called on every rank at the end of each validation round,
+      in step order. Rank 0 gets the latest log record and validation metrics plus "step" and
+      "epoch", and the checkpoint file written in this round (None when none was due); other
+      ranks get ({}, None). Guaranteed: the checkpoint file is complete when report is
+      called, and it may be pruned at a later round (copy or link it to keep it). An
+      exception raised here ends the run (the loop does not catch it).
+    - `resume_checkpoint`: a checkpoint to resume from instead of the newest file in
+      out_dir/checkpoints (e.g. the one Ray Train restored after a worker failure).
+    - `wandb_run_name`: the W&B run name and id (main rank only).
+    """
 
     device: torch.device | None = None
     rank: int = 0
     world_size: int = 1
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = _identity
     wrap_loader: Callable[[DataLoader], DataLoader] = _identity
-    # Called on every rank at each validation round: (metrics, checkpoint file written now or None).
-    report: Callable[[dict[str, float], Path | None], None] = lambda metrics, ckpt: None
-    resume_checkpoint: Path | None = None  # overrides the newest file in out_dir/checkpoints
+    report: Callable[[dict[str, float], Path | None], None] = _no_report
+    resume_checkpoint: Path | None = None
     wandb_run_name: str = ""
 
     @property
@@ -88,26 +120,17 @@ class Hooks:
 
 @dataclass
 class TrainResult:
-    steps_run: int
+    """steps_this_call: optimizer steps this call ran (final_step - resumed_from_step);
+    final_step: the trainer's step at the end; wall_s: wall-clock seconds of the loop;
+    gpu_s: GPU time spanned by the training steps (CUDA events around each step, so data
+    loading, validation and host-side gaps between steps are left out); 0.0 on CPU."""
+
+    steps_this_call: int
     final_step: int
     wall_s: float
     gpu_s: float
     last_metrics: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int = 0
-
-
-def loss_weights(config: TrainerConfig) -> LossWeights:
-    losses = config.training.losses
-    return LossWeights(
-        l2_loss_weight=losses.l2_loss_weight,
-        ssim_loss_weight=losses.ssim_loss_weight,
-        masked_l2_loss=losses.masked_l2_loss,
-        masked_ssim_loss=losses.masked_ssim_loss,
-        mask_threshold=losses.mask_threshold,
-        background_loss_weight=losses.background_loss_weight,
-        background_color_target=tuple(losses.background_color_target),
-        mask_iou_threshold=losses.mask_iou_threshold,
-    )
 
 
 def lr_factor(step: int, warmup: int, max_steps: int) -> float:
@@ -121,6 +144,7 @@ def lr_factor(step: int, warmup: int, max_steps: int) -> float:
 def make_optimizer(
     model: torch.nn.Module, config: TrainerConfig, device: torch.device
 ) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings (dim >= 2) only, as FaceLift."""
     opt = config.training.optimizer
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
@@ -133,16 +157,16 @@ def make_optimizer(
     )
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def forward_render(
     model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: dict[str, Tensor],
     config: TrainerConfig,
     autocast: contextlib.AbstractContextManager,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Inputs -> Gaussians -> target-view renders: rgb [B, Vt, 3, H, W], alpha [B, Vt, 1, H, W]."""
     with autocast:
         gaussians = model(
@@ -159,6 +183,282 @@ def forward_render(
         backend=renderer.backend,
         near_plane=renderer.near_plane,
     )
+
+
+def image_diagnostics(
+    rgb: Tensor, batch: dict[str, Tensor], mask_iou_threshold: float
+) -> dict[str, Tensor]:
+    """train/psnr and train/mask_iou with val/psnr's and val/mask_iou's definitions.
+
+    rgb: [B, V, 3, H, W]. psnr: mean over views of whole-image PSNR (whatever the masked
+    losses); mask_iou: metrics.mask_iou against the batch's own background at the study's
+    `validation.mask_iou_threshold`. 0-dim tensors, detached, no host sync.
+    """
+    with torch.no_grad():
+        render_ = rgb.detach().float().clamp(0.0, 1.0)
+        return {
+            "psnr": per_view_psnr(render_, batch["target_images"].float()).mean(),
+            "mask_iou": mask_iou(
+                render_, batch["target_alpha"], batch["background"], mask_iou_threshold
+            ),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# the state and one step
+
+
+@dataclass
+class TrainState:
+    """What one optimizer step changes, plus what it needs to run.
+
+    model: the (possibly DDP-wrapped) model; `plain_model` is the module inside.
+    autocast: a fresh autocast context per call (bf16/fp16 on CUDA when enabled, else none).
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    config: TrainerConfig
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    step: int = 0
+    world_size: int = 1
+
+    @property
+    def plain_model(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and torch.distributed.is_initialized()
+
+
+def build_state(config: TrainerConfig, device: torch.device, world_size: int = 1) -> TrainState:
+    """Fresh model (seeded by training.runtime.seed, the same on every rank), optimizer,
+    scheduler and scaler on `device`."""
+    runtime, schedule = config.training.runtime, config.training.schedule
+    torch.manual_seed(runtime.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = runtime.use_tf32
+        torch.backends.cudnn.allow_tf32 = runtime.use_tf32
+    model = GSLRM(config.model, runtime.grad_checkpoint_every).to(device)
+    optimizer = make_optimizer(model, config, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.max_steps)
+    )
+    use_amp = device.type == "cuda" and runtime.use_amp
+    amp_dtype = torch.bfloat16 if runtime.amp_dtype == "bf16" else torch.float16
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+    # fp16 needs loss scaling; bf16 and fp32 do not (the scaler is then a no-op).
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return TrainState(model, optimizer, scheduler, scaler, config, autocast, 0, world_size)
+
+
+def restore(state: TrainState, own: Path | None) -> int:
+    """Load our own run's checkpoint `own` (everything), else the pretrained resume_ckpt
+    (weights; optimizer, schedule and step too unless reset_training_state). Returns the step."""
+    checkpointing = state.config.training.checkpointing
+    if own is not None:
+        report, data = load_weights(state.model, own)
+        state.optimizer.load_state_dict(data["optimizer"])
+        state.scheduler.load_state_dict(data["lr_scheduler"])
+        state.step = report.step
+        if "rng" in data:
+            torch.set_rng_state(data["rng"]["torch"])
+        print(f"[train] resumed from {own} at step {state.step}", flush=True)
+    elif checkpointing.resume_ckpt:
+        report, data = load_weights(state.model, checkpointing.resume_ckpt)
+        print(f"[train] {report}", flush=True)
+        if not checkpointing.reset_training_state and "optimizer" in data:
+            state.optimizer.load_state_dict(data["optimizer"])
+            state.scheduler.load_state_dict(data["lr_scheduler"])
+            state.step = report.step
+    return state.step
+
+
+def _mean_over_ranks(count: Tensor) -> Tensor:
+    total = count.clone()
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return total / torch.distributed.get_world_size()
+
+
+def train_step(state: TrainState, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One optimizer step on `batch` (already on the device); returns the detached terms.
+
+    Order: forward + render under autocast, losses (pixel counts averaged over ranks under
+    DDP), backward, finite check (one host read; every rank agrees through an all-reduce, so
+    all stop together), unscale + clip, optimizer step (the scaler skips it on fp16
+    overflow), scheduler step. Terms: loss, l2_loss, ssim_loss, background_loss, psnr,
+    mask_iou, grad_norm, all 0-dim device tensors.
+    """
+    config, runtime = state.config, state.config.training.runtime
+    rgb, _ = forward_render(state.model, batch, config, state.autocast())
+    terms = compute_losses(
+        rgb,
+        batch["target_images"],
+        batch["target_alpha"],
+        config.training.losses,
+        _mean_over_ranks if state.distributed else _identity,
+    )
+    loss = terms["loss"]
+    if state.step + 1 == runtime.inject_nan_loss_at_step:
+        loss = loss * float("nan")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    # Checked after backward is queued, so the one host read waits for work already
+    # launched instead of stalling the GPU before the backward pass.
+    finite = torch.isfinite(loss.detach()).float()
+    if state.distributed:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if finite.item() == 0:
+        raise TrainingDiverged(state.step + 1, float(loss.detach()))
+    state.scaler.unscale_(state.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), runtime.grad_clip_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.step += 1
+    out = {key: value.detach() for key, value in terms.items()}
+    out.update(image_diagnostics(rgb, batch, config.validation.mask_iou_threshold))
+    out["grad_norm"] = grad_norm.detach()
+    return out
+
+
+class LogWindow:
+    """Running sums of the step terms on the device, read once per log step.
+
+    On CUDA each step is bracketed by events, so `gpu_s` adds up the GPU time the steps span
+    without a per-step sync (read when the window is flushed, after the terms' sync).
+    """
+
+    def __init__(self, device: torch.device, distributed: bool):
+        self.device, self.distributed = device, distributed
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self.last_grad_norm: Tensor | None = None
+        self.events: list[tuple[Any, Any]] = []
+        self.gpu_s = 0.0
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        if self.device.type != "cuda":
+            yield
+            return
+        begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+        begin.record()
+        yield
+        end.record()
+        self.events.append((begin, end))
+
+    def add(self, terms: dict[str, Tensor]) -> None:
+        for key, value in terms.items():
+            if key == "grad_norm":
+                self.last_grad_norm = value
+            else:
+                self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.count += 1
+
+    def flush(self, state: TrainState, epoch: int) -> dict[str, float]:
+        """The window's record (means of train/* terms, metrics/*); starts a new window.
+
+        Under DDP the means are averaged over ranks (a collective: every rank calls flush at
+        the same steps), so train/loss is the global batch's loss as one worker computes it.
+        """
+        keys = sorted(self.sums)
+        packed = torch.stack([self.sums[k].float() for k in keys]) / max(1, self.count)
+        if self.distributed:
+            torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.SUM)
+            packed /= torch.distributed.get_world_size()
+        values = packed.tolist()  # the window's one host sync
+        for begin, end in self.events:
+            self.gpu_s += begin.elapsed_time(end) / 1000.0
+        now = time.perf_counter()
+        record: dict[str, float] = {f"train/{k}": v for k, v in zip(keys, values, strict=True)}
+        record.update(
+            {
+                "metrics/lr": state.scheduler.get_last_lr()[0],
+                "metrics/grad_norm": float(self.last_grad_norm)
+                if self.last_grad_norm is not None
+                else math.nan,
+                "metrics/iter_time": (now - self.started) / max(1, self.count),
+                "metrics/param_update_step": state.step,
+                "metrics/epoch": epoch,
+                "metrics/time": time.time(),  # wall clock, for start-up and overhead figures
+            }
+        )
+        self.sums, self.count, self.events, self.started = {}, 0, [], now
+        return record
+
+
+# ---------------------------------------------------------------------------------------
+# data and validation
+
+
+@dataclass
+class RunData:
+    train_set: MultiViewDataset
+    train_loader: DataLoader
+    generator: torch.Generator
+    val_loader: DataLoader | None  # main rank only
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+
+def open_data(config: TrainerConfig, device: torch.device, hooks: Hooks) -> RunData:
+    """Training loader (wrapped by hooks.wrap_loader) and, on the main rank, validation."""
+    dl = config.training.dataloader
+    train_set = MultiViewDataset(config.training.dataset.dataset_path, config)
+    generator = torch.Generator()
+    train_loader = hooks.wrap_loader(
+        DataLoader(
+            train_set,
+            batch_size=dl.batch_size_per_gpu,
+            shuffle=dl.shuffle,
+            drop_last=len(train_set) >= dl.batch_size_per_gpu,
+            num_workers=dl.num_workers,
+            generator=generator,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+        )
+    )
+    val_loader = None
+    if hooks.is_main:
+        val_set = MultiViewDataset(
+            validation_list_file(config), config, max_items=config.validation.max_items
+        )
+        val_loader = DataLoader(
+            val_set,
+            batch_size=dl.batch_size_per_gpu,
+            shuffle=False,
+            num_workers=min(dl.num_workers, 1),
+        )
+    if len(train_loader) == 0:
+        raise ConfigError("training.dataloader.batch_size_per_gpu: larger than the training set")
+    return RunData(train_set, train_loader, generator, val_loader)
+
+
+def batches(data: RunData, start_step: int, seed: int) -> Iterator[tuple[int, dict[str, Tensor]]]:
+    """(epoch, batch) from `start_step` on, forever. Each epoch's order depends on seed + epoch
+    only, and a resumed run skips the batches its epoch already consumed, so it sees the same
+    data as an uninterrupted one."""
+    step = start_step
+    while True:
+        epoch, skip = divmod(step, data.steps_per_epoch)
+        data.train_set.set_epoch(epoch)
+        data.generator.manual_seed(seed + epoch)
+        sampler = getattr(data.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        for batch in itertools.islice(data.train_loader, skip, None):
+            yield epoch, batch
+            step += 1
 
 
 @torch.no_grad()
@@ -186,9 +486,8 @@ def validate(
             config.validation.mask_iou_threshold,
         )
         for key, value in metrics.items():
-            if math.isfinite(
-                value
-            ):  # psnr_fg is NaN for items without foreground: skip, don't zero
+            # psnr_fg is NaN for items without foreground: skip it, don't count it as 0
+            if math.isfinite(value):
                 sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + 1
         if index == 0 and picture_path is not None:
@@ -197,10 +496,39 @@ def validate(
                 batch["target_images"][0],
                 rgb[0].float(),
                 batch["target_alpha"][0],
-                batch["background"][0],
+                background=batch["background"][0],
+                mask_threshold=config.validation.mask_iou_threshold,
             )
     model.train(was_training)
     return {f"val/{k}": sums[k] / counts[k] for k in sums}
+
+
+def validation_round(
+    state: TrainState,
+    val_loader: DataLoader,
+    device: torch.device,
+    out_dir: Path,
+    checkpoint_due: bool,
+) -> tuple[dict[str, float], Path | None, Path | None]:
+    """Main rank only: validation metrics, the picture (when configured) and the checkpoint
+    (when due, then older ones pruned). Returns (metrics, picture, checkpoint)."""
+    config = state.config
+    picture = None
+    if config.validation.save_pictures:
+        picture = out_dir / "pictures" / f"val_{state.step:08d}.png"
+    metrics = validate(state.plain_model, val_loader, config, device, state.autocast(), picture)
+    checkpoint = None
+    if checkpoint_due:
+        ckpt_dir = out_dir / "checkpoints"
+        checkpoint = save_checkpoint(
+            ckpt_dir / checkpoint_name(state.step),
+            state.plain_model,
+            state.optimizer,
+            state.scheduler,
+            state.step,
+        )
+        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last)
+    return metrics, picture, checkpoint
 
 
 class MetricsLog:
@@ -251,203 +579,75 @@ def resolve_device(hooks: Hooks) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None) -> TrainResult:
-    hooks = hooks or Hooks()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_can_start(config: TrainerConfig) -> None:
+    """Refuse, before any work, what cannot run: no dataset, a perceptual loss."""
     if not config.training.dataset.dataset_path:
         raise ConfigError(
             "training.dataset.dataset_path: empty; generate data with "
             "`python -m trainables.gslrm.data.synthetic --out DIR` and point it at DIR/data_train.txt"
         )
-    losses_cfg, schedule, runtime = (
-        config.training.losses,
-        config.training.schedule,
-        config.training.runtime,
-    )
-    check_perceptual_available(losses_cfg.perceptual_loss_weight, losses_cfg.lpips_loss_weight)
+    losses = config.training.losses
+    check_perceptual_available(losses.perceptual_loss_weight, losses.lpips_loss_weight)
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+
+
+def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None) -> TrainResult:
+    """Train (or resume) the run in `out_dir`; see the module docstring and `Hooks`."""
+    hooks, out_dir = hooks or Hooks(), Path(out_dir)
+    check_can_start(config)
     device = resolve_device(hooks)
-
-    torch.manual_seed(runtime.seed)  # same initial weights on every rank
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = runtime.use_tf32
-        torch.backends.cudnn.allow_tf32 = runtime.use_tf32
-    model = GSLRM(config.model, runtime.grad_checkpoint_every).to(device)
-    optimizer = make_optimizer(model, config, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, schedule.warmup, schedule.max_steps)
-    )
-
-    # Resume order: our own run's newest checkpoint, then the pretrained resume_ckpt.
-    step = 0
+    schedule, runtime = config.training.schedule, config.training.runtime
     ckpt_dir = out_dir / "checkpoints"
-    own = hooks.resume_checkpoint or latest_checkpoint(ckpt_dir)
-    if own is not None:
-        report, data = load_weights(model, own)
-        optimizer.load_state_dict(data["optimizer"])
-        scheduler.load_state_dict(data["lr_scheduler"])
-        step = report.step
-        if "rng" in data:
-            torch.set_rng_state(data["rng"]["torch"])
-        print(f"[train] resumed from {own} at step {step}", flush=True)
-    elif config.training.checkpointing.resume_ckpt:
-        report, data = load_weights(model, config.training.checkpointing.resume_ckpt)
-        print(f"[train] {report}", flush=True)
-        if not config.training.checkpointing.reset_training_state and "optimizer" in data:
-            optimizer.load_state_dict(data["optimizer"])
-            scheduler.load_state_dict(data["lr_scheduler"])
-            step = report.step
-    resumed_from = step
-    torch.manual_seed(runtime.seed + hooks.rank + step)
 
-    dl = config.training.dataloader
-    train_set = MultiViewDataset(config.training.dataset.dataset_path, config)
-    generator = torch.Generator()
-    train_loader = hooks.wrap_loader(
-        DataLoader(
-            train_set,
-            batch_size=dl.batch_size_per_gpu,
-            shuffle=dl.shuffle,
-            drop_last=len(train_set) >= dl.batch_size_per_gpu,
-            num_workers=dl.num_workers,
-            generator=generator,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-    )
-    val_loader = None
-    if hooks.is_main:
-        val_set = MultiViewDataset(
-            validation_list_file(config), config, max_items=config.validation.max_items
-        )
-        val_loader = DataLoader(
-            val_set,
-            batch_size=dl.batch_size_per_gpu,
-            shuffle=False,
-            num_workers=min(dl.num_workers, 1),
-        )
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ConfigError("training.dataloader.batch_size_per_gpu: larger than the training set")
-    if (
-        hooks.is_main
-    ):  # only once the data opened, so a failing re-run leaves a finished run as it was
+    state = build_state(config, device, hooks.world_size)
+    resumed_from = restore(state, hooks.resume_checkpoint or latest_checkpoint(ckpt_dir))
+    torch.manual_seed(runtime.seed + hooks.rank + state.step)  # per-rank, per-resume randomness
+    data = open_data(config, device, hooks)
+    if hooks.is_main:  # only once the data opened: a failing re-run leaves a finished run as it was
+        out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
+        remove_stale_temps(ckpt_dir)  # what a save killed mid-write left behind
+    state.model = hooks.wrap_model(state.model)
+    state.model.train()
 
-    model = hooks.wrap_model(model)
-    plain_model = getattr(model, "module", model)  # validation runs outside DDP
-    use_amp = device.type == "cuda" and runtime.use_amp
-    amp_dtype = torch.bfloat16 if runtime.amp_dtype == "bf16" else torch.float16
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
-
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    weights = loss_weights(config)
     log = MetricsLog(out_dir, config, hooks.wandb_run_name, enabled=hooks.is_main)
-    log_every = config.training.logging.wandb.log_every
-
-    model.train()
-    running: dict[str, float] = {}
-    running_count = 0
-    last_ckpt_step = step
+    window = LogWindow(device, state.distributed)
     last_metrics: dict[str, float] = {}
+    last_ckpt_step = state.step
     start = time.perf_counter()
-    step_start = start
     try:
-        while step < schedule.max_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
-            train_set.set_epoch(epoch)
-            generator.manual_seed(runtime.seed + epoch)
-            sampler = getattr(train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            # Skip the batches this epoch already consumed, so a resumed run sees the same data.
-            for batch in itertools.islice(train_loader, skip, None):
-                batch = to_device(batch, device)
-                rgb, _ = forward_render(model, batch, config, autocast())
-                terms = compute_losses(rgb, batch["target_images"], batch["target_alpha"], weights)
-                loss = terms["loss"]
-                if step + 1 == runtime.inject_nan_loss_at_step:
-                    loss = loss * float("nan")
-                finite = torch.isfinite(loss).float()
-                if hooks.world_size > 1 and torch.distributed.is_initialized():
-                    # every rank must stop together, or the others wait forever in all-reduce
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                if finite.item() == 0:
-                    raise TrainingDiverged(step + 1, float(loss.detach()))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), runtime.grad_clip_norm
-                )
-                scaler.step(optimizer)  # skips the update when gradients are non-finite (fp16)
-                scaler.update()
-                scheduler.step()
-                step += 1
-
-                for key, value in terms.items():
-                    running[f"train/{key}"] = running.get(f"train/{key}", 0.0) + float(
-                        value.detach()
-                    )
-                running_count += 1
-                if step % log_every == 0 or step == schedule.max_steps:
-                    now = time.perf_counter()
-                    record = {k: v / running_count for k, v in running.items()}
-                    record.update(
-                        {
-                            "metrics/lr": scheduler.get_last_lr()[0],
-                            "metrics/grad_norm": float(grad_norm),
-                            "metrics/iter_time": (now - step_start) / running_count,
-                            "metrics/param_update_step": step,
-                            "metrics/epoch": epoch,
-                        }
-                    )
-                    record["metrics/time"] = (
-                        time.time()
-                    )  # wall clock, for start-up and overhead figures
-                    log.log(record, step)
-                    last_metrics.update(record)
-                    running, running_count, step_start = {}, 0, now
-
-                if step % config.validation.val_every == 0 or step == schedule.max_steps:
-                    metrics: dict[str, float] = {}
-                    picture = None
-                    if hooks.is_main:
-                        if config.validation.save_pictures:
-                            picture = out_dir / "pictures" / f"val_{step:08d}.png"
-                        metrics = validate(
-                            plain_model, val_loader, config, device, autocast(), picture
-                        )
-                        log.log(metrics, step, picture)
-                        last_metrics.update(metrics)
-                    checkpoint = None
+        remaining = max(0, schedule.max_steps - state.step)
+        for epoch, batch in itertools.islice(batches(data, state.step, runtime.seed), remaining):
+            with window.timed():
+                terms = train_step(state, to_device(batch, device))
+            window.add(terms)
+            step, last = state.step, state.step == schedule.max_steps
+            if step % config.training.logging.wandb.log_every == 0 or last:
+                record = window.flush(state, epoch)
+                log.log(record, step)
+                last_metrics.update(record)
+            if step % config.validation.val_every == 0 or last:
+                metrics, checkpoint = {}, None
+                if hooks.is_main:
                     due = step - last_ckpt_step >= config.training.checkpointing.checkpoint_every
-                    if hooks.is_main and (due or step == schedule.max_steps):
-                        checkpoint = save_checkpoint(
-                            ckpt_dir / checkpoint_name(step),
-                            plain_model,
-                            optimizer,
-                            scheduler,
-                            step,
-                        )
-                        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last)
-                        last_ckpt_step = step
-                    hooks.report(
-                        {**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {},
-                        checkpoint,
+                    metrics, picture, checkpoint = validation_round(
+                        state, data.val_loader, device, out_dir, due or last
                     )
-                if step >= schedule.max_steps:
-                    break
+                    log.log(metrics, step, picture)
+                    last_metrics.update(metrics)
+                    last_ckpt_step = step if checkpoint else last_ckpt_step
+                summary = {**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {}
+                hooks.report(summary, checkpoint)
     finally:
         log.close()
-    wall = time.perf_counter() - start
     return TrainResult(
-        steps_run=step - resumed_from,
-        final_step=step,
-        wall_s=wall,
-        gpu_s=wall if device.type == "cuda" else 0.0,
+        steps_this_call=state.step - resumed_from,
+        final_step=state.step,
+        wall_s=time.perf_counter() - start,
+        gpu_s=window.gpu_s,
         last_metrics=last_metrics,
         resumed_from_step=resumed_from,
     )
@@ -474,10 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.set)
         result = train(config, args.out)
-    except (ConfigError, TrainingDiverged) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError) as exc:  # DataError, CheckpointError
+    except (ValueError, RuntimeError) as exc:  # ConfigError, DataError, CheckpointError, diverged
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

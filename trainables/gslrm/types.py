@@ -24,10 +24,6 @@ class Gaussians:
     opacities: torch.Tensor
     colors: torch.Tensor
 
-    @property
-    def count(self) -> int:
-        return self.means.shape[1]
-
 
 @dataclass
 class Cameras:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from trainables.gslrm.atomic import atomic_path
 
 CAMERA_FILE = "opencv_cameras.json"
 # FaceLift builds alpha from RGB-only images: pixels with every channel above 250/255 are background.
@@ -277,11 +277,8 @@ def load_view(frame: Frame, size: int, cache_dir: Path | None = None) -> np.ndar
             pass  # a damaged cache entry is rebuilt below
     rgba = decode_view(frame.image_path, (frame.width, frame.height), size)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_path(cached, durable=False) as tmp, tmp.open("wb") as handle:
             np.save(handle, rgba)
-        os.replace(tmp, cached)
     except OSError:
         pass  # the cache is an optimisation; a read-only disk must not stop training
     return rgba

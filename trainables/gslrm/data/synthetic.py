@@ -75,6 +75,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainables.gslrm.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from trainables.gslrm.rig import look_at_w2c, orbit_center
+
 GENERATOR_VERSION = 1
 SUPERSAMPLE = 4  # sub-rays per pixel side: alpha takes values k / 16
 REFERENCE_SIZE = 512  # the rig figures below are given for 512 px images
@@ -165,33 +168,9 @@ def rig_specs(rig: str) -> tuple[CameraSpec, ...]:
     raise ValueError(f"unknown rig {rig!r}; expected one of {RIGS}")
 
 
-def look_at_w2c(center: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """[4, 4] OpenCV world-to-camera for a camera at `center` [3] looking at `target` [3].
-
-    World is Z up; image "up" follows world +Z unless the view is (nearly) vertical,
-    where world +Y takes its place so the basis stays well defined.
-    """
-    forward = target - center
-    forward = forward / np.linalg.norm(forward)
-    up = np.array([0.0, 0.0, 1.0])
-    right = np.cross(forward, up)
-    if np.linalg.norm(right) < 1e-6:
-        right = np.cross(forward, np.array([0.0, 1.0, 0.0]))
-    right = right / np.linalg.norm(right)
-    down = np.cross(forward, right)
-    rot = np.stack([right, down, forward])  # rows: camera axes in world coordinates
-    w2c = np.eye(4)
-    w2c[:3, :3] = rot
-    w2c[:3, 3] = -rot @ center
-    return w2c
-
-
 def spec_center(spec: CameraSpec) -> np.ndarray:
     """[3] camera position: `distance` from the world origin at the spec's angles."""
-    az, el = math.radians(spec.azimuth), math.radians(spec.elevation)
-    return spec.distance * np.array(
-        [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)]
-    )
+    return orbit_center(spec.distance, spec.azimuth, spec.elevation)
 
 
 def make_rig(rig: str, size: int) -> list[Camera]:
@@ -659,20 +638,17 @@ def sample_name(index: int) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data, durable=False)  # the dataset's own marker is written last
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_text_atomic(path, text, durable=False)
 
 
 def _atomic_write_png(path: Path, pixels: np.ndarray) -> None:
     """Write [H, W, 3|4] uint8 as RGB/RGBA PNG via a temp file, so no half PNG survives."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, durable=False) as tmp:
+        Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
 
 
 def cameras_json(sample_id: str, cams: Sequence[Camera]) -> dict:

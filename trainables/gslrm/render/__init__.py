@@ -1,7 +1,7 @@
 """Differentiable rendering of activated 3D Gaussians into pinhole views.
 
 One public entry point, ``render``. Two backends follow the same gsplat 1.5.3 "classic" rules
-(see /work/shared/GSPLAT_NOTES.md) so that CPU and GPU studies train the same model:
+so that CPU and GPU studies train the same model:
 ``gsplat`` (CUDA kernels) and ``torch`` (pure PyTorch, the CPU path).
 """
 

@@ -1,7 +1,7 @@
 """Pure-PyTorch differentiable Gaussian rasteriser following gsplat 1.5.3 "classic" rules.
 
 This is the CPU path: every CPU training step and every test renders through it, so it must
-agree with gsplat (see /work/shared/GSPLAT_NOTES.md) and be fast on two cores.
+agree with gsplat's `rasterization` and be fast on two cores.
 
 Pipeline
 1. ``project``: world -> camera -> pixel means, EWA 2D covariances, conics, radii (autograd).

@@ -1,0 +1,110 @@
+"""The Ray cluster a study runs on: start a local one, or join one (token auth included).
+
+A local Ray gets its dashboard on loopback (or `--dashboard-host`) and a `trial_slot`
+resource per concurrent trial, so trials do not hold the CPUs their Train workers need.
+Joining `--address` first checks in seconds that something answers there (ray.init would
+retry for minutes) and sends Ray's auth token when this machine has one. Every Ray process
+inherits `ray_env()`'s variables (W&B mode, no usage stats, the repo on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from study.plan import REPO_ROOT, StudyError
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when the cluster address does not answer (ray.init would retry for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise StudyError(
+            f"--address {address}: no Ray cluster answers there ({exc}); start one with "
+            "`ray start --head` or leave --address out to run locally"
+        ) from None
+
+
+def ray_env(wandb_mode: str) -> dict[str, str]:
+    """Variables every Ray process needs; set before ray.init so workers inherit them."""
+    env = {
+        "WANDB_MODE": wandb_mode,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": os.environ.get(
+            "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120"
+        ),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+        ),
+    }
+    os.environ.update(env)
+    return env
+
+
+def send_auth_token_if_available() -> None:
+    """Join a cluster with Ray's auth token when this machine has one.
+
+    `ray start --head` turns token authentication on when ~/.ray/auth_token exists, but
+    `ray.init(address=...)` sends the token only under RAY_AUTH_MODE=token (Ray switches that on by
+    itself only for clusters it finds without an address). A token sent to a cluster without
+    authentication is ignored, so sending it whenever there is one is safe. An explicit
+    RAY_AUTH_MODE from the user wins.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(
+        os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")
+    ).expanduser()
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def start_ray(
+    address: str | None, max_concurrent: int, env: dict[str, str], dashboard_host: str
+) -> str:
+    """Start a local Ray with its dashboard on loopback, or join `address`. Returns the dashboard URL."""
+    if address:
+        send_auth_token_if_available()  # before Ray is imported: Ray reads its config once
+    import ray
+
+    runtime_env = {"env_vars": env}
+    if address:
+        try:
+            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        except ConnectionError as exc:
+            reason = str(exc).strip().splitlines()[-1]
+            raise StudyError(
+                f"--address {address}: could not join the Ray cluster ({reason}); a cluster "
+                "with token authentication needs its token in ~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN on this machine"
+            ) from None
+    else:
+        # Trials reserve a `trial_slot` instead of a CPU so both CPUs stay free for Train workers.
+        context = ray.init(
+            include_dashboard=True,
+            dashboard_host=dashboard_host,
+            resources={"trial_slot": max_concurrent},
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+    url = context.dashboard_url or ""
+    return url if not url or url.startswith("http") else f"http://{url}"
+
+
+def gpus_per_trial(requested: float | None, workers: int) -> float:
+    """--gpus-per-trial, or by default one GPU per worker when the cluster has GPUs (else 0)."""
+    if requested is not None:
+        return requested
+    import ray
+
+    return float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

@@ -1,0 +1,249 @@
+"""What a study run will do, decided before Ray starts: a frozen `StudyPlan`, made without Ray.
+
+`make_plan(args)` resolves the named study, its base config, every override (study, smoke
+preset, `--set`, `--wandb`) and the folders, and refuses bad input with a `StudyError` or
+`ConfigError` naming the thing and the fix. `check_resume_state`, `resumed_overrides` and
+`user_dataset` read the study folder and the dataset list without writing anything, so a
+refused start leaves the storage folder as it was (or absent). `study_record` is the
+study.json payload. Nothing here imports Ray; `study.cluster` connects to it and `study.run`
+wires the two together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search_spaces import check_space, get_space
+from search_spaces.space import Param
+from study.studies import DataSpec, StudySpec, get_study
+from trainables.gslrm.config import (
+    TrainerConfig,
+    apply_overrides,
+    flat_config,
+    load_config,
+    parse_override,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CHECKPOINTS_KEPT = 2  # per trial in runs/<trial>/checkpoints (a --set may change it)
+
+
+class StudyError(RuntimeError):
+    """A problem the user can fix (bad folder, cluster address, resume of nothing)."""
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Everything decided from the command line and the files, before Ray starts.
+
+    overrides: dotted config keys applied to the base config for every trial (study fixed
+    values, smoke preset, --set, --wandb; the dataset keys are added when data is prepared).
+    config: the base config with `overrides` applied (checked). gpus_per_trial: None means
+    "one per worker if the cluster has GPUs", decided once Ray is up.
+    """
+
+    spec: StudySpec
+    smoke: bool
+    base_config: Path
+    overrides: dict[str, Any]
+    config: TrainerConfig
+    storage: Path
+    data: DataSpec
+    num_samples: int
+    max_concurrent: int
+    seeds: tuple[int, ...] | None
+    workers_per_trial: int
+    gpus_per_trial: float | None
+    cpus_per_worker: float
+    max_failures: int
+    address: str | None
+    resume: bool
+    wandb: str | None
+    dashboard_host: str
+    set_args: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def study_dir(self) -> Path:
+        return self.storage / self.spec.name
+
+    @property
+    def grid_seeds(self) -> tuple[int, ...] | None:
+        """Seeds replacing a grid study's own: --seeds, else the smoke preset's."""
+        return self.seeds or (self.spec.smoke.grid_seeds if self.smoke else None)
+
+
+def resolve_path(path: str) -> Path:
+    """Absolute paths as they are; relative ones against the repo when they exist there,
+    else against the working directory."""
+    p = Path(path)
+    return p if p.is_absolute() else (REPO_ROOT / p if (REPO_ROOT / p).exists() else Path.cwd() / p)
+
+
+def searched_keys(spec: StudySpec) -> list[str]:
+    if spec.search == "optuna":
+        return [p.key for p in get_space(spec.space)]
+    return list(spec.grid) + list(spec.linked)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """--seeds "0,1,2" -> (0, 1, 2); a bad entry is named (argparse turns this into exit 2)."""
+    seeds = []
+    for part in text.split(","):
+        try:
+            seeds.append(int(part.strip()))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part.strip()!r} in {text!r} is not an integer seed; "
+                "give comma-separated integers, e.g. --seeds 0,1,2"
+            ) from None
+    return tuple(seeds)
+
+
+def make_plan(args: argparse.Namespace) -> StudyPlan:
+    """Validate the study, config overrides and search space against the config; no I/O
+    beyond reading the study's YAML."""
+    spec = get_study(args.name)
+    base_config = resolve_path(spec.smoke.base_config if args.smoke else spec.base_config)
+    # Each trial's run folder keeps its newest checkpoints only: Ray Train keeps the best and the
+    # latest in train/, and a sweep of full-size trials would otherwise fill the disk (1.2 GB each).
+    overrides: dict[str, Any] = {
+        "training.checkpointing.keep_last": LOCAL_CHECKPOINTS_KEPT,
+        **spec.fixed,
+    }
+    if args.smoke:
+        overrides.update(spec.smoke.overrides)
+    overrides.update(dict(parse_override(text) for text in args.set))
+    if args.wandb:
+        overrides["training.logging.wandb.mode"] = args.wandb
+    config = apply_overrides(load_config(base_config), overrides)  # names any bad --set key
+    keys = set(flat_config(config))
+    if spec.search == "optuna":
+        check_space(get_space(spec.space), keys)
+    else:
+        check_space([Param(k, choices=v) for k, v in spec.grid.items()], keys)
+        check_space([Param(k, choices=[None]) for k in spec.linked], keys)
+    storage = (
+        Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
+    )
+    smoke_samples = spec.smoke.num_samples if args.smoke and spec.search == "optuna" else None
+    return StudyPlan(
+        spec=spec,
+        smoke=bool(args.smoke),
+        base_config=base_config,
+        overrides=overrides,
+        config=config,
+        storage=storage,
+        data=spec.smoke.data if args.smoke else spec.data,
+        num_samples=args.num_samples or smoke_samples or spec.num_samples,  # grid: repeats
+        max_concurrent=args.max_concurrent or spec.max_concurrent,
+        seeds=args.seeds,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        max_failures=args.max_failures,
+        address=args.address,
+        resume=bool(args.resume),
+        wandb=args.wandb,
+        dashboard_host=args.dashboard_host,
+        set_args=tuple(args.set),
+    )
+
+
+def find_tune_dir(study_dir: Path) -> Path | None:
+    """The study's Tune experiment folder, if an earlier run left one with state in it."""
+    from analysis.load import tune_folders
+
+    with_state = [f for f in tune_folders(study_dir) if any(f.glob("experiment_state*.json"))]
+    return with_state[0] if with_state else None
+
+
+def check_resume_state(study_dir: Path, resume: bool) -> Path | None:
+    """The Tune folder of an earlier run of this study to continue; None for a fresh start.
+
+    Reads only: a refused --resume leaves no folder behind.
+    """
+    tune_dir = find_tune_dir(study_dir)
+    if tune_dir and not resume:
+        raise StudyError(
+            f"{study_dir} already holds this study; pass --resume to continue it, or "
+            "--storage DIR to start a separate one"
+        )
+    if resume and not tune_dir:
+        raise StudyError(
+            f"nothing to resume: {study_dir} holds no study state "
+            "(run without --resume to start it)"
+        )
+    return tune_dir
+
+
+def resumed_overrides(study_dir: Path, set_args: tuple[str, ...]) -> dict[str, Any]:
+    """The overrides a study started with (study.json); a --set that changes one is refused."""
+    record = study_dir / "study.json"
+    try:
+        overrides = json.loads(record.read_text())["overrides"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StudyError(
+            f"{record}: unreadable ({type(exc).__name__}); the study cannot be resumed, "
+            "start it again with --storage DIR"
+        ) from None
+    for key, value in (parse_override(text) for text in set_args):
+        if key not in overrides or overrides[key] != value:
+            raise StudyError(
+                f"--set {key}={value!r}: a resumed study keeps the settings it started with "
+                f"({key}={overrides.get(key, '<default>')!r}); start a new study to change it"
+            )
+    return overrides
+
+
+def user_dataset(plan: StudyPlan) -> dict[str, Any] | None:
+    """The user's dataset as overrides (checked to exist), or None when the study uses synthetic
+    data."""
+    if not plan.config.training.dataset.dataset_path:
+        return None
+    path = resolve_path(plan.config.training.dataset.dataset_path)
+    if not path.is_file():
+        raise StudyError(f"training.dataset.dataset_path: {path} not found")
+    return {"training.dataset.dataset_path": str(path)}
+
+
+def synthetic_data_folder(plan: StudyPlan) -> Path:
+    """STORAGE/_data/<rig>_<size>px_<samples>s_seed<seed>: shared by the studies of a storage."""
+    data = plan.data
+    return plan.storage / "_data" / f"{data.rig}_{data.size}px_{data.samples}s_seed{data.seed}"
+
+
+def study_record(
+    plan: StudyPlan, overrides: dict[str, Any], gpus_per_trial: float, tune_dir: Path
+) -> dict[str, Any]:
+    """The study.json payload: what was run, for the analysis and for --resume."""
+    spec = plan.spec
+    return {
+        "study": spec.name,
+        "description": spec.description,
+        "objective": spec.objective,
+        "mode": spec.mode,
+        "search": spec.search,
+        "searched_keys": searched_keys(spec),
+        "max_steps": plan.config.training.schedule.max_steps,
+        "num_samples": plan.num_samples,
+        "smoke": plan.smoke,
+        "optuna_storage": "optuna.db" if spec.search == "optuna" else None,
+        "optuna_study_name": spec.name if spec.search == "optuna" else None,
+        "base_config": str(plan.base_config),
+        "overrides": overrides,
+        "workers_per_trial": plan.workers_per_trial,
+        "gpus_per_trial": gpus_per_trial,
+        "tune_dir": tune_dir.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "command": sys.argv,
+    }

@@ -1,0 +1,129 @@
+"""How a trial ended, without Ray: the one rule (trainables.outcome) on hand-made run folders,
+the analysis applying the same rule, the Ray adapter recording a non-Train exception as an
+error with its message, and checkpoints staged for Ray across two filesystems."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from analysis.load import TrialFiles, trial_status
+from trainables.outcome import classify_outcome, last_logged_step
+
+SHM = Path("/dev/shm")
+
+
+def run_folder(tmp_path: Path, steps: list[int], **files: dict) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in steps))
+    for name, content in files.items():
+        (run / f"{name}.json").write_text(json.dumps(content))
+    return run
+
+
+def test_diverged_wins_over_the_error_it_raised(tmp_path: Path) -> None:
+    run = run_folder(tmp_path, [10, 20], diverged={"step": 23, "error": "diverged at step 23"})
+    outcome = classify_outcome(run, 40, error="RuntimeError: diverged at step 23")
+    assert (outcome.status, outcome.diverged_step, outcome.last_step) == ("diverged", 23, 23)
+    assert outcome.error == "diverged at step 23"
+
+
+def test_error_then_result_then_steps(tmp_path: Path) -> None:
+    run = run_folder(tmp_path, [10, 20])
+    assert classify_outcome(run, 40, error="ValueError: bad").status == "errored"
+    assert classify_outcome(run, 40).status == "stopped_early"
+    assert classify_outcome(run, 20).status == "finished"  # stopped, but at the last step
+    assert classify_outcome(run, None).status == "finished"
+    (run / "train_result.json").write_text(json.dumps({"final_step": 40}))
+    finished = classify_outcome(run, 40)
+    assert (finished.status, finished.last_step) == ("finished", 40)
+
+
+def test_a_half_written_metrics_line_is_skipped(tmp_path: Path) -> None:
+    run = run_folder(tmp_path, [10, 20])
+    with (run / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 30, "train/lo')
+    assert last_logged_step(run) == 20
+    assert last_logged_step(tmp_path / "missing") == 0
+
+
+def trial_files(summary: dict | None, error_text: str | None = None) -> TrialFiles:
+    return TrialFiles(folder="t", params={}, reports=[], summary=summary, error_text=error_text)
+
+
+def test_the_analysis_applies_the_same_rule(tmp_path: Path) -> None:
+    """A summary written before the end ("running", the driver was killed) does not decide; the
+    run folder it names does: here the loss diverged, which the old rule called stopped_early."""
+    run = run_folder(tmp_path, [10], diverged={"step": 12, "error": "diverged at step 12"})
+    running = trial_files({"status": "running", "run_dir": str(run)})
+    assert trial_status(running, 10, 40) == "diverged"
+    assert trial_status(trial_files({"status": "finished"}), 10, 40) == "finished"
+    assert trial_status(trial_files(None, "Traceback...\nValueError: x\n"), 10, 40) == "errored"
+    assert trial_status(trial_files(None), 10, 40) == "stopped_early"
+    assert trial_status(trial_files(None), 40, 40) == "finished"
+
+
+class FailingTrainer:
+    def fit(self) -> None:
+        raise ValueError("resources_per_worker: GPU requested but use_gpu is false")
+
+
+def test_a_non_train_exception_is_an_error_with_its_message(tmp_path, monkeypatch) -> None:
+    """Before: any exception other than Train's own failure was taken for "Tune stopped me" and
+    the trial was recorded stopped_early with no error text."""
+    from ray import tune
+
+    from trainables import ray_trainable
+    from trainables.gslrm.config import TrainerConfig, save_config
+
+    trial_dir = tmp_path / "tune" / "trial_0"
+    base = tmp_path / "base.yaml"
+    save_config(TrainerConfig(), base)
+    context = SimpleNamespace(
+        get_trial_id=lambda: "abc_00000", get_trial_dir=lambda: str(trial_dir)
+    )
+    monkeypatch.setattr(tune, "get_context", lambda: context)
+    monkeypatch.setattr(ray_trainable, "make_trainer", lambda *args: FailingTrainer())
+    settings = ray_trainable.TrialSettings(
+        study="s", study_dir=str(tmp_path), tune_dir=str(tmp_path / "tune"), base_config=str(base)
+    )
+    with pytest.raises(RuntimeError, match="GPU requested"):
+        ray_trainable.run_trial({}, settings)
+    summary = json.loads((trial_dir / "trial_summary.json").read_text())
+    assert summary["status"] == "errored"
+    assert summary["error"] == (
+        "ValueError: resources_per_worker: GPU requested but use_gpu is false"
+    )
+
+
+@pytest.mark.skipif(not SHM.is_dir(), reason="needs /dev/shm (a tmpfs)")
+def test_checkpoint_is_staged_on_its_own_filesystem_or_copied(tmp_path: Path) -> None:
+    """A study on a cluster share: hard-linking the checkpoint into $TMPDIR (another filesystem)
+    was "Invalid cross-device link" at the first validation."""
+    from trainables.ray_trainable import link_or_copy, staged_for_report
+
+    shm_run = SHM / f"outcome_test_{os.getpid()}"
+    (shm_run / "checkpoints").mkdir(parents=True)
+    try:
+        ckpt = shm_run / "checkpoints" / "ckpt_0000000000000010.pt"
+        ckpt.write_bytes(b"weights" * 1000)
+        if os.stat(ckpt).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm and tmp_path are on one filesystem here")
+        copied = tmp_path / ckpt.name
+        assert link_or_copy(ckpt, copied) == "copied"
+        assert copied.read_bytes() == ckpt.read_bytes()
+        with staged_for_report(ckpt) as folder:
+            staged = folder / ckpt.name
+            assert os.stat(folder).st_dev == os.stat(ckpt).st_dev  # beside the checkpoint
+            assert os.path.samefile(staged, ckpt)  # a link, not a 1.2 GB copy
+            assert [p.name for p in folder.iterdir()] == [ckpt.name]
+        assert not folder.exists() and ckpt.is_file()
+    finally:
+        for path in sorted(shm_run.rglob("*"), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()
+        shm_run.rmdir()

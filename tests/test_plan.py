@@ -1,0 +1,133 @@
+"""The study plan, made without Ray: overrides in order, refusals naming the thing, a refused
+start that writes nothing, and --resume keeping the settings a study started with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from study.plan import (
+    LOCAL_CHECKPOINTS_KEPT,
+    StudyError,
+    check_resume_state,
+    make_plan,
+    resumed_overrides,
+    study_record,
+)
+from study.run import main, parser
+from trainables.gslrm.config import ConfigError
+
+
+def plan_for(*argv: str, storage: Path):
+    return make_plan(parser().parse_args([*argv, "--storage", str(storage)]))
+
+
+def test_overrides_stack_study_then_smoke_then_set_then_wandb(tmp_path: Path) -> None:
+    plan = plan_for(
+        "mask_loss_ablation",
+        "--smoke",
+        "--set",
+        "training.schedule.max_steps=20",
+        "--set",
+        "training.checkpointing.keep_last=5",
+        "--wandb",
+        "disabled",
+        storage=tmp_path,
+    )
+    assert plan.study_dir == tmp_path.resolve() / "mask_loss_ablation"
+    assert plan.overrides["training.losses.ssim_loss_weight"] == 0.5  # the study's fixed value
+    assert plan.overrides["validation.val_every"] == 10  # the smoke preset
+    assert plan.overrides["training.schedule.max_steps"] == 20  # --set beats the preset's 40
+    assert plan.overrides["training.checkpointing.keep_last"] == 5  # --set beats the default 2
+    assert plan.overrides["training.logging.wandb.mode"] == "disabled"
+    # the config is the base YAML with all of that applied
+    assert plan.config.training.schedule.max_steps == 20
+    assert plan.config.training.losses.ssim_loss_weight == 0.5
+    assert plan.base_config.name == "smoke.yaml"
+    assert plan.num_samples == 1 and plan.grid_seeds is None
+
+
+def test_defaults_without_smoke(tmp_path: Path) -> None:
+    plan = plan_for("mouse_loss_sweep", storage=tmp_path)
+    assert plan.overrides["training.checkpointing.keep_last"] == LOCAL_CHECKPOINTS_KEPT
+    assert plan.num_samples == 32 and plan.base_config.name == "mouse_gslrm.yaml"
+    assert plan.gpus_per_trial is None  # decided once Ray shows the cluster
+    with pytest.raises(AttributeError):
+        plan.resume = True  # type: ignore[misc]  # frozen: nothing changes a plan after it is made
+
+
+def test_seeds_replace_a_grid_studys_seeds(tmp_path: Path) -> None:
+    plan = plan_for("view_order_ablation", "--smoke", "--seeds", "4, 5", storage=tmp_path)
+    assert plan.grid_seeds == (4, 5)
+
+
+def test_bad_seed_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["view_order_ablation", "--seeds", "0,a"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'a'" in err and "--seeds" in err and "<lambda>" not in err
+
+
+def test_unknown_set_key_is_refused_with_its_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="training.losses.no_such_key"):
+        plan_for("mouse_loss_sweep", "--set", "training.losses.no_such_key=1", storage=tmp_path)
+
+
+def test_resume_of_nothing_refuses_without_creating_the_storage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = tmp_path / "not_yet"
+    assert main(["mouse_loss_sweep", "--smoke", "--resume", "--storage", str(storage)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not storage.exists()
+
+
+def write_started_study(study_dir: Path, overrides: dict) -> None:
+    (study_dir / "tune-0a1b2c3d").mkdir(parents=True)
+    (study_dir / "tune-0a1b2c3d" / "experiment_state-2026.json").write_text("{}")
+    (study_dir / "study.json").write_text(
+        json.dumps(
+            {
+                "study": "s",
+                "objective": "val/psnr_fg",
+                "tune_dir": "tune-0a1b2c3d",
+                "overrides": overrides,
+            }
+        )
+    )
+
+
+def test_resume_keeps_the_settings_it_started_with(tmp_path: Path) -> None:
+    study_dir = tmp_path / "s"
+    write_started_study(study_dir, {"training.schedule.max_steps": 40})
+    assert check_resume_state(study_dir, resume=True) == study_dir / "tune-0a1b2c3d"
+    with pytest.raises(StudyError, match="already holds this study"):
+        check_resume_state(study_dir, resume=False)
+    # the same value again is fine; a changed or a new key is refused, naming both values
+    assert resumed_overrides(study_dir, ("training.schedule.max_steps=40",)) == {
+        "training.schedule.max_steps": 40
+    }
+    with pytest.raises(StudyError, match=r"max_steps=80.*max_steps=40"):
+        resumed_overrides(study_dir, ("training.schedule.max_steps=80",))
+    with pytest.raises(StudyError, match=r"optimizer.lr=0.1.*'<default>'"):
+        resumed_overrides(study_dir, ("training.optimizer.lr=0.1",))
+
+
+def test_truncated_study_json_is_one_message_naming_it(tmp_path: Path) -> None:
+    study_dir = tmp_path / "s"
+    write_started_study(study_dir, {})
+    (study_dir / "study.json").write_text('{"study": "s", "overri')
+    with pytest.raises(StudyError, match=r"study\.json: unreadable"):
+        resumed_overrides(study_dir, ())
+
+
+def test_study_record_says_what_was_run(tmp_path: Path) -> None:
+    plan = plan_for("mouse_loss_sweep", "--smoke", storage=tmp_path)
+    record = study_record(plan, {"a": 1}, 0.0, plan.study_dir / "tune-12345678")
+    assert record["searched_keys"][0] == "mouse.use_mouse_dataset"
+    assert record["max_steps"] == 40 and record["num_samples"] == 4 and record["smoke"] is True
+    assert record["optuna_storage"] == "optuna.db" and record["tune_dir"] == "tune-12345678"
+    assert record["overrides"] == {"a": 1}
