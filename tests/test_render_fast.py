@@ -147,3 +147,12 @@ def test_float32_fast_path_is_within_float_tolerance_of_the_double_oracle():
     for name, a, b in zip(NAMES[2:], fast32[2:], dense64[2:], strict=True):
         rel = ((a.double() - b).norm() / b.norm()).item()
         assert rel < 1e-5, f"{name}: relative gradient error {rel}"
+
+
+def test_render_docstring_example_runs_and_gives_its_numbers():
+    import doctest
+
+    import trainables.gslrm.render as render_module
+
+    result = doctest.testmod(render_module)
+    assert result.attempted >= 5 and result.failed == 0
