@@ -28,7 +28,13 @@ from analysis.compare import FactorComparison, analysis_set, compare_all
 from analysis.importance import parameter_importance
 from analysis.load import NotAStudyError, StudyInfo, read_study_info, read_trials
 from analysis.markdown import render_report
-from analysis.tables import build_curves, build_trials
+from analysis.tables import (
+    CURVES_DESCRIPTION,
+    TRIALS_DESCRIPTION,
+    build_curves,
+    build_trials,
+    write_parquet,
+)
 
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
@@ -71,8 +77,8 @@ def build_report(study: StudyInfo, out_dir: Path) -> list[str]:
     trial_files = read_trials(study.path)
     trials = build_trials(study, trial_files)
     curves = build_curves(study, trial_files)
-    trials.to_parquet(out_dir / TRIALS_PARQUET, index=False)
-    curves.to_parquet(out_dir / CURVES_PARQUET, index=False)
+    write_parquet(trials, out_dir / TRIALS_PARQUET, TRIALS_DESCRIPTION)
+    write_parquet(curves, out_dir / CURVES_PARQUET, CURVES_DESCRIPTION)
     comparisons = compare_all(trials, study.objective, study.mode)
     plot_files = draw_plots(study, trials, curves, comparisons, out_dir)
     factor_plots = {c.factor.name: factor_plot_name(c.factor.name) for c in comparisons}
@@ -121,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m analysis.report",
         description="Write STUDY_DIR/report/ (Parquet tables, report.md, plots) from a study folder.",
     )
-    parser.add_argument("study_dir", type=Path, help="study folder holding study.json and tune/")
+    parser.add_argument(
+        "study_dir",
+        type=Path,
+        help="study folder holding study.json and the Tune folder it records (tune-<id>/)",
+    )
     args = parser.parse_args(argv)
     try:
         path = write_report(args.study_dir)

@@ -2,7 +2,10 @@
 
 Column naming scheme (the contract for anyone reading the Parquet files):
 
-trials.parquet, one row per trial folder under tune/:
+Every column of both files carries a one-line description in its Parquet field metadata
+(key ``description``; `write_parquet`), readable with ``pyarrow.parquet.read_schema``.
+
+trials.parquet, one row per trial folder under the study's Tune folder (``tune-<id>/``):
   study, trial_id, trial_dir (Ray's folder name), status ("finished", "stopped_early",
   "diverged", "errored"), error (message or null),
   flag_background_collapse, flag_diverged, flag_stopped_early (bool, never null),
@@ -35,10 +38,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from analysis.load import (
     StudyInfo,
@@ -284,3 +290,69 @@ def _empty(fixed: dict[str, str], float_columns: Sequence[str]) -> pd.DataFrame:
     columns = {c: pd.Series([], dtype=t) for c, t in fixed.items()}
     columns.update({c: pd.Series([], dtype=_metric_dtype(c)) for c in float_columns})
     return pd.DataFrame(columns)
+
+
+# ---------------------------------------------------------------------------------------
+# Parquet field metadata: what each column means, inside the file itself
+
+DESCRIPTION_KEY = b"description"
+TRIALS_DESCRIPTION = "one row per trial of the study; column families in README (trials.parquet)"
+CURVES_DESCRIPTION = "one row per (trial, trainer step) report of the study"
+
+FIXED_DESCRIPTIONS: dict[str, str] = {
+    "study": "study name (the study folder's name, as in study.json)",
+    "trial_id": "Tune trial id, unique within the study",
+    "trial_dir": "the trial's folder name inside the study's tune-<id>/ folder",
+    "status": "finished | stopped_early (ASHA stopped it) | diverged | errored",
+    "error": "the trial's error message; null unless status is errored or diverged",
+    "flag_background_collapse": "train/loss fell while final val/mask_iou < 0.05: the model "
+    "paints background and drops the mouse",
+    "flag_diverged": "status is diverged, or the last train/loss is not finite",
+    "flag_stopped_early": "status is stopped_early",
+    "steps_run": "trainer step the trial reached (trial summary; else its last reported step)",
+    "last_step": "trainer step of the trial's last report; null without reports",
+    "n_reports": "reports (distinct trainer steps) the trial sent to Tune",
+    "wall_s": "wall-clock seconds of the trial (trial summary; else Tune's time_total_s)",
+    "gpu_s": "seconds the trainer ran on a GPU (its wall time on CUDA, 0 on CPU; null if unknown)",
+    "restarts": "times the trial was restarted from a checkpoint after a failure",
+    "seed": "training.runtime.seed of the trial",
+    "code_version": "git commit (short) of the code that ran the trial, else the package version",
+    "step": "trainer (optimizer) step of this report",
+    "training_iteration": "Tune's report counter (1, 2, 3, ...) of this report",
+    "time_total_s": "seconds since the trial started, at this report",
+}
+
+
+def column_description(name: str) -> str:
+    """One-line meaning of a trials.parquet or curves.parquet column, from its name."""
+    if name in FIXED_DESCRIPTIONS:
+        return FIXED_DESCRIPTIONS[name]
+    prefix, _, metric = name.partition("/")
+    if prefix == "final" and metric:
+        return f"{metric} at the trial's last report holding it (NaN kept)"
+    if prefix == "best" and metric:
+        direction = "max" if higher_is_better(metric) else "min"
+        return f"best finite {metric} over the trial's reports ({direction})"
+    if prefix == "best_step" and metric:
+        return f"trainer step of best/{metric} (earliest on ties)"
+    if "/" in name:
+        return f"{name} as logged at this trainer step (NaN when not logged here)"
+    if name.startswith("config.") and name[len("config.") :] in FIXED_DESCRIPTIONS:
+        return f"trainer config key {name[len('config.') :]} (renamed: clashes with a column)"
+    if "." in name:
+        return f"trainer config key {name} (the trial's full config; JSON text for lists)"
+    return name
+
+
+def write_parquet(table: pd.DataFrame, path: str | Path, description: str) -> None:
+    """table -> Parquet at path, each field's metadata holding its column_description and the
+    schema's metadata the table's `description` (beside pandas' own dtype metadata)."""
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    fields = [
+        f.with_metadata({DESCRIPTION_KEY: column_description(f.name).encode()})
+        for f in arrow.schema
+    ]
+    metadata = dict(arrow.schema.metadata or {})
+    metadata[DESCRIPTION_KEY] = description.encode()
+    schema = pa.schema(fields, metadata=metadata)
+    pq.write_table(pa.Table.from_arrays(arrow.columns, schema=schema), path)

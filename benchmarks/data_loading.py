@@ -77,7 +77,7 @@ def plain_items_per_second(list_file: Path, size: int, passes: int) -> float:
         start = time.perf_counter()
         for sample in samples:
             for frame in sample.frames[:6]:
-                composite(reader.load_view(frame, size, cache_dir=None), background, True)
+                composite(reader.load_view(frame, size, cache_dir=None), background)
         best = max(best, len(samples) / (time.perf_counter() - start))
     return best
 
@@ -136,7 +136,7 @@ def views_per_item(list_file: Path, size: int, cache_dir: Path) -> tuple[float, 
     shutil.rmtree(cache_dir, ignore_errors=True)
     ds = MultiViewDataset(list_file, make_config(size, cache_dir))
     loads, undo_loads = count_calls(dataset_module, "load_view")
-    decodes, undo_decodes = count_calls(reader, "_decode_resized")
+    decodes, undo_decodes = count_calls(reader, "decode_view")
     try:
         for index in range(len(ds)):
             ds[index]

@@ -71,8 +71,10 @@ def time_backend(
 
     The minimum, not the median: on shared machines other jobs only ever add time.
     """
+    # Fresh leaves on the device: `t.to(device)` alone would return the scene's own tensors on
+    # CPU (and mark them), and on CUDA every timed backward would copy gradients back to them
     leaves = [
-        t.to(device).requires_grad_(True)
+        t.detach().to(device).requires_grad_(True)
         for t in (scene.means, scene.scales, scene.quats, scene.opacities, scene.colors)
     ]
     gauss = Gaussians(*leaves)

@@ -108,6 +108,33 @@ def test_every_bad_view_of_a_sample_is_reported(
     ]
 
 
+def test_every_problem_of_a_two_problem_sample_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    list_file = write_dataset(tmp_path, ("a", "b"))
+    folder = tmp_path / "samples" / "a"
+    camera_file = folder / "opencv_cameras.json"
+    data = json.loads(camera_file.read_text())
+    data["frames"][1]["w2c"] = [[1, 0, 0], [0, 1, 0]]  # malformed w2c, image fine
+    data["frames"][4]["w2c"] = "identity"  # malformed w2c and, below, a truncated PNG
+    data["frames"][4]["fx"] = -3.0  # and a bad intrinsic in the same frame
+    camera_file.write_text(json.dumps(data))
+    for k in (2, 4):
+        png = folder / "images" / f"{k}.png"
+        png.write_bytes(png.read_bytes()[:40])
+
+    code, lines, _ = run_main([str(list_file)], capsys)
+    assert code == 1
+    assert len(lines) == 6, lines
+    assert lines[0] == f"{camera_file} frame 1: 'w2c' must be 4x4, got shape [2, 3]"
+    assert lines[1].startswith(f"{folder / 'images' / '2.png'}: cannot decode image")
+    assert lines[2] == f"{camera_file} frame 4: 'fx' must be > 0, got -3.0"
+    assert lines[3] == f"{camera_file} frame 4: 'w2c' must be a 4x4 list of numbers"
+    assert lines[4].startswith(f"{folder / 'images' / '4.png'}: cannot decode image")
+    assert lines[5] == "2 samples, 1 usable, 5 problems"
+    assert all("\n" not in line for line in lines)
+
+
 def test_too_few_views_for_num_views(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     list_file = write_dataset(tmp_path, ("a",))
     code, lines, _ = run_main([str(list_file), "--num-views", "7", "--image-size", "8"], capsys)

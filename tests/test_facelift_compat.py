@@ -295,7 +295,8 @@ def test_implied_shape_and_inspect_cli(tmp_path):
         "patch_size": PATCH,
         "n_gaussians": FREE,
     }
-    text = inspect(path)
+    text = inspect(path).text
+    assert inspect(path).loads is None
     assert "step: 21125" in text and "d=32, n_layer=2, patch_size=4" in text and "d_head" in text
     config = tmp_path / "tiny.yaml"
     config.write_text(
@@ -334,4 +335,24 @@ def test_implied_shape_and_inspect_cli(tmp_path):
         text=True,
         timeout=120,
     )
-    assert "NO" in out.stdout and "missing in checkpoint" in out.stdout
+    # does not load: says why, and the exit status says so to scripts
+    assert out.returncode == 1, out.stderr
+    assert f"loads into {config}: NO: " in out.stdout and "missing in checkpoint" in out.stdout
+    bad_key = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainables.gslrm.checkpoint",
+            "inspect",
+            str(path),
+            "--config",
+            str(config),
+            "--set",
+            "model.transformer.n_layers=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad_key.returncode == 2 and "Traceback" not in bad_key.stderr
+    assert "model.transformer.n_layers" in bad_key.stderr

@@ -280,25 +280,40 @@ def test_alpha_compositing(tmp_path: Path, background: str) -> None:
 
 def test_composite_directly() -> None:
     rgba = np.array([[[255, 0, 51, 51], [0, 0, 0, 0]]], dtype=np.uint8)
-    rgb, alpha = composite(rgba, np.array([0.0, 1.0, 0.5]), remove_alpha=True)
+    rgb, alpha = composite(rgba, np.array([0.0, 1.0, 0.5]))
     assert rgb.shape == (3, 1, 2) and alpha.shape == (1, 1, 2) and rgb.dtype == np.float32
     np.testing.assert_allclose(rgb[:, 0, 0], [0.2, 0.8, 0.2 * 0.2 + 0.5 * 0.8], atol=1e-6)
     np.testing.assert_allclose(rgb[:, 0, 1], [0.0, 1.0, 0.5])
     np.testing.assert_allclose(alpha[0, 0], [0.2, 0.0], atol=1e-6)
 
 
-def test_remove_alpha_false_leaves_rgb_as_stored(tmp_path: Path) -> None:
-    list_file = half_transparent_sample(tmp_path)
+@pytest.mark.parametrize("remove_alpha", [False, True])
+def test_remove_alpha_either_way_composites_inputs_onto_the_background(
+    tmp_path: Path, remove_alpha: bool
+) -> None:
+    # As in real FaceLift mouse PNGs: the stored RGB is black wherever alpha is 0.
+    pixels = [view_pixels(0), view_pixels(1)]
+    for rgba in pixels:
+        rgba[rgba[..., 3] == 0, :3] = 0
+    pixels[0][0, 0] = (200, 100, 0, 128)
+    write_sample(tmp_path / "s0", pixels=pixels)
+    list_file = write_list(tmp_path / "l.txt", ["s0"])
     config = dataset_config(
-        training__dataset__remove_alpha=False, training__dataset__cache_dir=str(tmp_path / "c")
+        training__dataset__remove_alpha=remove_alpha,
+        training__dataset__cache_dir=str(tmp_path / "c"),
     )
     item = MultiViewDataset(list_file, config)[0]
+    a = 128 / 255
     np.testing.assert_allclose(
-        item["input_images"][0, :, 0, 0].numpy(), [200 / 255, 100 / 255, 0.0], atol=1e-7
+        item["input_images"][0, :, 0, 0].numpy(),
+        [200 / 255 * a + (1 - a), 100 / 255 * a + (1 - a), 1 - a],
+        atol=1e-6,
     )
-    # the stored RGB of a fully transparent pixel is white here, and stays white
-    np.testing.assert_allclose(item["input_images"][0, :, 1, 1].numpy(), [1.0, 1.0, 1.0])
-    np.testing.assert_allclose(item["target_alpha"][0, 0, 0, 0].item(), 128 / 255, atol=1e-6)
+    # transparent pixels stored black reach the model white, in inputs and targets alike
+    for key in ("input_images", "target_images"):
+        corner = item[key][:, :, 1, 1].numpy()
+        np.testing.assert_allclose(corner, np.ones_like(corner))
+    np.testing.assert_allclose(item["target_alpha"][0, 0, 0, 0].item(), a, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -339,13 +354,13 @@ def test_grey_alpha_png_keeps_its_alpha(tmp_path: Path) -> None:
 class DecodeCounter:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[Path] = []
-        original = reader._decode_resized
+        original = reader.decode_view
 
-        def counting(frame: reader.Frame, size: int) -> np.ndarray:
-            self.calls.append(frame.image_path)
-            return original(frame, size)
+        def counting(path: Path, expected: tuple[int, int] | None, size: int) -> np.ndarray:
+            self.calls.append(path)
+            return original(path, expected, size)
 
-        monkeypatch.setattr(reader, "_decode_resized", counting)
+        monkeypatch.setattr(reader, "decode_view", counting)
 
 
 def test_cache_hit_and_invalidation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

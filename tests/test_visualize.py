@@ -9,7 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.gslrm.visualize import heatmap_colors, save_validation_grid, validation_grid
+from trainables.gslrm.visualize import (
+    BAR_WIDTH_PX,
+    heatmap_colors,
+    picture_layout,
+    row_labels,
+    save_validation_grid,
+    validation_grid,
+    validation_picture,
+)
 
 V, H, W = 3, 4, 5
 
@@ -65,22 +73,67 @@ def test_grid_shape_and_first_two_rows() -> None:
         np.testing.assert_array_equal(block(grid, 1, v), expected_render[v])
 
 
-def test_overlay_rows_blend_gt_mask() -> None:
+def test_overlay_rows_blend_gt_mask_and_predicted_mask() -> None:
     target = torch.zeros(1, 3, H, W)
     render = torch.ones(1, 3, H, W)
+    render[..., 0, 0] = 0.5  # |render - white| = 0.5 > 0.1: predicted foreground
+    render[..., 0, 1] = 0.95  # 0.05 <= 0.1: predicted background
     alpha = torch.zeros(1, 1, H, W)
     alpha[..., 0, 0] = 1.0
     alpha[..., 0, 1] = 0.5
-    grid = validation_grid(target, render, alpha)
+    grid = validation_grid(target, render, alpha, torch.ones(3), mask_threshold=0.1)
     gt_row, render_row = block(grid, 2, 0), block(grid, 3, 0)
     # black GT: 0.3 * overlay; fg overlay (0.2, 0.8, 0.2), bg overlay (0.8, 0.2, 0.2)
     np.testing.assert_allclose(gt_row[0, 0], np.array([0.06, 0.24, 0.06]) * 255, atol=0.51)
     np.testing.assert_allclose(gt_row[1, 1], np.array([0.24, 0.06, 0.06]) * 255, atol=0.51)
     # soft alpha 0.5: overlay (0.5, 0.5, 0.2)
     np.testing.assert_allclose(gt_row[0, 1], np.array([0.15, 0.15, 0.06]) * 255, atol=0.51)
-    # white render: 0.7 + 0.3 * overlay, still the GT mask
-    np.testing.assert_allclose(render_row[0, 0], np.array([0.76, 0.94, 0.76]) * 255, atol=0.51)
+    # render row: render * 0.7 + 0.3 * overlay of the predicted (hard) mask
+    np.testing.assert_allclose(render_row[0, 0], np.array([0.41, 0.59, 0.41]) * 255, atol=0.51)
+    np.testing.assert_allclose(
+        render_row[0, 1], np.array([0.665 + 0.24, 0.665 + 0.06, 0.665 + 0.06]) * 255, atol=0.51
+    )
     np.testing.assert_allclose(render_row[1, 1], np.array([0.94, 0.76, 0.76]) * 255, atol=0.51)
+    # the mask follows the threshold: at 0.6 the grey pixel is background too
+    strict = block(validation_grid(target, render, alpha, torch.ones(3), mask_threshold=0.6), 3, 0)
+    np.testing.assert_allclose(strict[0, 0], np.array([0.59, 0.41, 0.41]) * 255, atol=0.51)
+
+
+def test_row_labels_name_each_mask_and_the_threshold() -> None:
+    labels = row_labels(0.25, 0.0423)
+    assert len(labels) == 5 and labels[0] == ("ground truth",) and labels[1] == ("render",)
+    assert labels[2] == ("GT + GT mask", "(alpha: green fg, red bg)")
+    assert labels[3] == ("render + predicted mask", "(|render - bg| > 0.25)")
+    assert labels[4] == ("|GT - render| on GT fg", "(grey: bg; fg mean 0.042)")
+    assert row_labels(0.1, float("nan"))[4][1] == "(grey: bg; no GT foreground)"
+
+
+def test_picture_holds_the_grid_labels_and_colour_bar() -> None:
+    target, render, alpha = scene()
+    picture = validation_picture(target, render, alpha, torch.ones(3), mask_threshold=0.1)
+    layout = picture_layout(H, W, V, row_labels(0.1, 0.0))
+    assert picture.shape == (layout.height, layout.width, 3) and picture.dtype == np.uint8
+    assert layout.scale == 10 and layout.height == 5 * H * 10  # 4 px rows enlarged to 40
+    # the bare grid, enlarged by whole pixels, sits right of the label column
+    grid = validation_grid(target, render, alpha, torch.ones(3), mask_threshold=0.1)
+    enlarged = grid.repeat(layout.scale, axis=0).repeat(layout.scale, axis=1)
+    inner = picture[:, layout.left : layout.left + V * W * layout.scale]
+    np.testing.assert_array_equal(inner, enlarged)
+    # labels: dark text pixels in every row's label column
+    for row in range(5):
+        cell = picture[row * layout.row_height : (row + 1) * layout.row_height, : layout.left]
+        assert (cell.max(axis=-1) < 128).any(), row
+    # colour bar beside the heatmap row: red (>= 0.3 error) at the top, blue (0) at the bottom
+    bar = picture[layout.bar_top : layout.bar_bottom, layout.bar_left]
+    assert layout.bar_top >= 4 * layout.row_height
+    np.testing.assert_array_equal(bar[0], [255, 0, 0])
+    np.testing.assert_array_equal(bar[-1], [0, 0, 255])
+    middle = bar[len(bar) // 2]
+    assert middle[1] > 200 and middle[2] < 60  # around green-yellow
+    columns = picture[
+        layout.bar_top : layout.bar_bottom, layout.bar_left : layout.bar_left + BAR_WIDTH_PX
+    ]
+    assert (columns == bar[:, None]).all()
 
 
 def test_heatmap_row_colours() -> None:
@@ -119,7 +172,7 @@ def test_saved_png_reads_back_identical(tmp_path: Path) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG"
         loaded = np.asarray(image.convert("RGB"))
-    np.testing.assert_array_equal(loaded, validation_grid(target, render, alpha))
+    np.testing.assert_array_equal(loaded, validation_picture(target, render, alpha, torch.ones(3)))
     assert sorted(p.name for p in path.parent.iterdir()) == ["val_000100.png"]  # no temp left
 
 

@@ -240,9 +240,22 @@ def implied_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class Inspection:
+    """What `inspect` found: the printed lines, and whether the checkpoint loads into the
+    given config (None when no config was given)."""
+
+    lines: tuple[str, ...]
+    loads: bool | None
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
 def inspect(
     path: str | Path, config_path: str | None = None, overrides: list[str] | None = None
-) -> str:
+) -> Inspection:
     from trainables.gslrm.config import load_config
     from trainables.gslrm.model import GSLRM
 
@@ -266,6 +279,7 @@ def inspect(
         "not readable from weights: d_head (any divisor of d gives the same shapes) and image_size"
     )
     lines.append(f"has optimizer state: {'optimizer' in data}")
+    loads = None
     if config_path:
         config = load_config(config_path, overrides or [])
         with torch.device("meta"):
@@ -273,15 +287,23 @@ def inspect(
         try:
             check_fits(model, mapped, unmapped, str(path))
             lines.append(f"loads into {config_path}: yes")
+            loads = True
         except CheckpointError as exc:
             lines.append(f"loads into {config_path}: NO: {exc}")
-    return "\n".join(lines)
+            loads = False
+    return Inspection(tuple(lines), loads)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the checkpoint reads (and loads into --config when given), 1 when it reads
+    but does not load into --config, 2 for an unreadable checkpoint or a bad config."""
+    from trainables.gslrm.config import ConfigError
+
     parser = argparse.ArgumentParser(
         prog="python -m trainables.gslrm.checkpoint",
         description="Inspect GS-LRM checkpoints (FaceLift's or ours).",
+        epilog="exit status: 0 ok; 1 the checkpoint does not load into --config; "
+        "2 the checkpoint or the config cannot be read",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     cmd = sub.add_parser("inspect", help="print step, parameter count, implied model shape")
@@ -292,11 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        print(inspect(args.path, args.config, args.set))
-    except CheckpointError as exc:
+        report = inspect(args.path, args.config, args.set)
+    except (CheckpointError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    print(report.text)
+    return 1 if report.loads is False else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Keys follow FaceLift's `configs/gslrm.yaml` where FaceLift has one; keys we add 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -254,6 +255,45 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
 
+def _dotted_keys(cls: type, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(section keys, leaf keys) of a config dataclass tree, dotted, e.g. 'training.optimizer'
+    and 'training.optimizer.lr'."""
+    sections: list[str] = []
+    leaves: list[str] = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections.append(key)
+            below = _dotted_keys(tp, key)
+            sections += below[0]
+            leaves += below[1]
+        else:
+            leaves.append(key)
+    return sections, leaves
+
+
+def closest_key(key: str, section: bool = False) -> str | None:
+    """The valid dotted key a mistyped `key` most likely meant, or None when nothing is close.
+
+    A key whose last part names exactly one valid key elsewhere wins ('training.lr' ->
+    'training.optimizer.lr'); otherwise the most similar key by difflib's ratio (>= 0.6).
+    section: suggest a section (the unknown key holds a mapping) instead of a leaf.
+    """
+    sections, leaves = _dotted_keys(TrainerConfig)
+    candidates = sections if section else leaves
+    last = key.rsplit(".", 1)[-1]
+    same_name = [c for c in candidates if c.rsplit(".", 1)[-1] == last]
+    pool, cutoff = (same_name, 0.0) if same_name else (candidates, 0.6)
+    match = difflib.get_close_matches(key, pool, n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
+def _did_you_mean(key: str, section: bool = False) -> str:
+    suggestion = closest_key(key, section)
+    return f"; did you mean {suggestion}?" if suggestion and suggestion != key else ""
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
@@ -262,7 +302,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     unknown = sorted(set(data) - names, key=str)
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"{key}: unknown key (valid keys here: {', '.join(sorted(names))})")
+        hint = _did_you_mean(key, section=isinstance(data[unknown[0]], dict))
+        raise ConfigError(f"{key}: unknown key{hint} (valid keys here: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -326,7 +367,9 @@ def apply_overrides(config: TrainerConfig, overrides: dict[str, Any]) -> Trainer
         for depth, part in enumerate(parts):
             here = ".".join(parts[: depth + 1])
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"{here}: unknown key (from override {key}={value!r})")
+                raise ConfigError(
+                    f"{here}: unknown key{_did_you_mean(key)} (from override {key}={value!r})"
+                )
             if depth == len(parts) - 1:
                 if isinstance(node[part], dict):
                     raise ConfigError(f"{key}: is a section, set one of its keys instead")

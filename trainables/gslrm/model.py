@@ -38,25 +38,38 @@ SCALE_BIAS, SCALE_MAX_LOG = 2.3, -1.2
 OPACITY_BIAS = 2.0
 
 
+def geometry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype rays and Gaussian centres are computed in: float32, or float64 if given."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def pixel_rays(
     c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays through pixel centres.
+    """Rays through pixel centres, in float32 (float64 cameras stay float64) under any autocast.
 
     c2w: [..., 4, 4], intrinsics: [..., 4] (fx, fy, cx, cy)
     returns origins [..., H, W, 3], unit directions [..., H, W, 3] (world frame)
     """
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=c2w.device, dtype=c2w.dtype) + 0.5,
-        torch.arange(width, device=c2w.device, dtype=c2w.dtype) + 0.5,
-        indexing="ij",
-    )
-    fx, fy, cx, cy = (intrinsics[..., i, None, None] for i in range(4))
-    cam = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs).expand_as(xs - cx)], -1)
-    cam = F.normalize(cam, dim=-1)
-    rotation = c2w[..., None, None, :3, :3]
-    directions = (rotation @ cam[..., None])[..., 0]
-    origins = c2w[..., None, None, :3, 3].expand_as(directions)
+    # Autocast would run `rotation @ cam` in bf16 (8 mantissa bits): every ray direction, and
+    # with it every pixel-aligned Gaussian centre, moves (at 256 px on the mouse rig, ~1 px mean
+    # and up to ~10 px in the rig's views). Geometry is cheap: always full precision.
+    dtype = geometry_dtype(c2w.dtype)
+    with torch.autocast(c2w.device.type, enabled=False):
+        c2w, intrinsics = c2w.to(dtype), intrinsics.to(dtype)
+        ys, xs = torch.meshgrid(
+            torch.arange(height, device=c2w.device, dtype=dtype) + 0.5,
+            torch.arange(width, device=c2w.device, dtype=dtype) + 0.5,
+            indexing="ij",
+        )  # [H, W] each
+        fx, fy, cx, cy = (intrinsics[..., i, None, None] for i in range(4))  # [..., 1, 1] each
+        cam = torch.stack(
+            [(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs).expand_as(xs - cx)], -1
+        )  # [..., H, W, 3] in the camera frame
+        cam = F.normalize(cam, dim=-1)
+        rotation = c2w[..., None, None, :3, :3]  # [..., 1, 1, 3, 3]
+        directions = (rotation @ cam[..., None])[..., 0]  # [..., H, W, 3]
+        origins = c2w[..., None, None, :3, 3].expand_as(directions)  # [..., H, W, 3]
     return origins, directions
 
 
@@ -193,54 +206,66 @@ class GSLRM(nn.Module):
     def forward_raw(
         self, images: torch.Tensor, cameras: Cameras
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw decoder outputs before activation.
+        """Raw decoder outputs before activation, in the autocast dtype if one is active.
 
         images: [B, V, 3, H, W], cameras: [B, V]
-        returns free [B, n_gaussians, 14], pixel [B, V, H, W, 14]
+        returns free [B, n, 14], pixel [B, V, H, W, 14]
+        (n = n_gaussians, p = patch size, P = V * (H / p) * (W / p) image tokens)
         """
         b, v, _, h, w = images.shape
         p = self.patch_size
-        tokens = self.patch_embedder(self.encode(images, cameras))
-        learned = self.gaussian_position_embeddings[None].expand(b, -1, -1).to(tokens.dtype)
-        x = self.input_layer_norm(torch.cat([learned, tokens], dim=1))
+        x = self.encode(images, cameras)  # [B, V, 9, H, W]
+        tokens = self.patch_embedder(x)  # [B, P, d]
+        learned = self.gaussian_position_embeddings[None].expand(b, -1, -1)  # [B, n, d]
+        x = torch.cat([learned.to(tokens.dtype), tokens], dim=1)  # [B, n + P, d]
+        x = self.input_layer_norm(x)  # [B, n + P, d]
         for index, block in enumerate(self.transformer_layers):
             if (
                 self.training
                 and self.grad_checkpoint_every
                 and index % self.grad_checkpoint_every == 0
             ):
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False)  # [B, n + P, d]
             else:
-                x = block(x)
+                x = block(x)  # [B, n + P, d]
         n_free = self.gaussian_position_embeddings.shape[0]
-        free = self.gaussian_upsampler(x[:, :n_free])
-        pixel = self.pixel_gaussian_decoder(x[:, n_free:])
+        free = self.gaussian_upsampler(x[:, :n_free])  # [B, n, 14]
+        pixel = self.pixel_gaussian_decoder(x[:, n_free:])  # [B, P, p * p * 14]
+        # tokens are (view, patch row, patch col); a token's outputs are (row, col) in its patch
         pixel = pixel.reshape(b, v, h // p, w // p, p, p, GAUSSIAN_CHANNELS)
-        pixel = pixel.permute(0, 1, 2, 4, 3, 5, 6).reshape(b, v, h, w, GAUSSIAN_CHANNELS)
+        pixel = pixel.permute(0, 1, 2, 4, 3, 5, 6)  # [B, V, H/p, p, W/p, p, 14]
+        pixel = pixel.reshape(b, v, h, w, GAUSSIAN_CHANNELS)  # [B, V, H, W, 14]
         return free, pixel
 
     def forward(self, images: torch.Tensor, cameras: Cameras) -> Gaussians:
         """images [B, V, 3, H, W] in [0, 1], cameras [B, V] -> Gaussians with
-        N = n_gaussians + V * (H / k) * (W / k) (k = gaussians.downsample), free ones first."""
+        N = n_gaussians + V * (H / k) * (W / k) (k = gaussians.downsample), free ones first.
+
+        Only the transformer runs in the autocast dtype: the Gaussians are placed and activated
+        in float32 (float64 for float64 cameras) whatever autocast is active.
+        """
         free, pixel = self.forward_raw(images, cameras)
         h, w = images.shape[-2:]
-        origins, directions = pixel_rays(cameras.c2w, cameras.intrinsics, h, w)
-        k = self.config.gaussians.downsample
-        if k > 1:
-            pixel, origins, directions = (
-                t[:, :, k // 2 :: k, k // 2 :: k] for t in (pixel, origins, directions)
-            )
-        pixel = pixel.flatten(1, 3).float()
-        origins, directions = origins.flatten(1, 3), directions.flatten(1, 3)
-        if self.config.hard_pixelalign:
-            s = torch.sigmoid(pixel[..., :3].mean(-1, keepdim=True))
-            closest = -(origins * directions).sum(-1, keepdim=True)
-            pixel_xyz = origins + ((2 * s - 1) * RAY_HALF_RANGE + closest) * directions
-        else:
-            pixel_xyz = pixel[..., :3]
-        raw = torch.cat([free.float(), pixel], dim=1)
-        xyz = torch.cat([free[..., :3].float(), pixel_xyz], dim=1)
-        return activate(raw, xyz, self.config.clip_xyz)
+        dtype = geometry_dtype(cameras.c2w.dtype)
+        with torch.autocast(images.device.type, enabled=False):
+            origins, directions = pixel_rays(cameras.c2w, cameras.intrinsics, h, w)
+            k = self.config.gaussians.downsample
+            if k > 1:
+                pixel, origins, directions = (
+                    t[:, :, k // 2 :: k, k // 2 :: k] for t in (pixel, origins, directions)
+                )  # [B, V, H/k, W/k, 14 or 3]
+            pixel = pixel.flatten(1, 3).to(dtype)  # [B, M, 14], M = V * H/k * W/k
+            origins, directions = origins.flatten(1, 3), directions.flatten(1, 3)  # [B, M, 3]
+            free = free.to(dtype)  # [B, n, 14]
+            if self.config.hard_pixelalign:
+                s = torch.sigmoid(pixel[..., :3].mean(-1, keepdim=True))  # [B, M, 1]
+                closest = -(origins * directions).sum(-1, keepdim=True)  # [B, M, 1]
+                pixel_xyz = origins + ((2 * s - 1) * RAY_HALF_RANGE + closest) * directions
+            else:
+                pixel_xyz = pixel[..., :3]  # [B, M, 3]
+            raw = torch.cat([free, pixel], dim=1)  # [B, N, 14]
+            xyz = torch.cat([free[..., :3], pixel_xyz], dim=1)  # [B, N, 3]
+            return activate(raw, xyz, self.config.clip_xyz)
 
 
 def count_parameters(model: nn.Module) -> int:

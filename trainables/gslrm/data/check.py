@@ -2,10 +2,11 @@
 
     python -m trainables.gslrm.data.check LIST_FILE [--num-views N] [--image-size PX]
 
-Each sample's opencv_cameras.json is parsed with the training reader and every view (not
-only the first `num_views`: the random dataset type may pick any of them) is decoded and
-resized to the training image size. A bad sample otherwise surfaces hours into a sweep as
-a crashed trial, so this reports every problem at once instead of stopping at the first.
+Each sample's opencv_cameras.json is checked field by field with the training reader's rules
+and every view (not only the first `num_views`: the random dataset type may pick any of them)
+is decoded and resized to the training image size. A bad sample otherwise surfaces hours into
+a sweep as a crashed trial, so this reports every problem of every sample at once (a frame
+with a malformed `w2c` and a truncated PNG gets both lines) instead of stopping at the first.
 
 Output: one line per problem, ``<file>: <reason>`` (the reader's DataError message), then
 ``N samples, K usable, M problems``. Exit status 0 when every sample is usable, 1 when
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainables.gslrm.config import DatasetConfig, ImageTokenizerConfig
-from trainables.gslrm.data.reader import DataError, load_view, read_list_file, read_sample
+from trainables.gslrm.data.reader import DataError, decode_view, read_list_file, scan_sample
 
 
 @dataclass
@@ -38,26 +39,31 @@ class SampleReport:
 
 
 def check_sample(folder: Path, num_views: int, image_size: int) -> SampleReport:
-    """Every problem of one sample folder that would stop training on it."""
+    """Every problem of one sample folder that would stop training on it: each bad field of
+    each frame, and each image that cannot be read (opened even when its frame has other bad
+    fields, so one run lists everything to fix)."""
     report = SampleReport(folder)
     try:
-        sample = read_sample(folder)
+        _, scans = scan_sample(folder)
     except DataError as exc:
         # Without a valid camera file the images cannot even be located.
         report.problems.append(str(exc))
         return report
-    if len(sample.frames) < num_views:
+    if len(scans) < num_views:
         # Same wording as MultiViewDataset, so the researcher sees the message training would give.
         report.problems.append(
-            f"{sample.folder}: has {len(sample.frames)} views, fewer than num_views={num_views}"
+            f"{folder}: has {len(scans)} views, fewer than num_views={num_views}"
         )
-    for frame in sample.frames:
+    for scan in scans:
+        report.problems.extend(scan.problems)
+        if scan.image_path is None:
+            continue
         try:
-            load_view(frame, image_size, cache_dir=None)
+            decode_view(scan.image_path, scan.size, image_size)
         except DataError as exc:
             report.problems.append(str(exc))
         except Exception as exc:  # any crash here would also crash a training worker
-            report.problems.append(f"{frame.image_path}: unexpected {type(exc).__name__}: {exc}")
+            report.problems.append(f"{scan.image_path}: unexpected {type(exc).__name__}: {exc}")
     return report
 
 

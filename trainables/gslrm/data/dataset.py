@@ -73,7 +73,9 @@ class MultiViewDataset(Dataset):
         self.folders = read_list_file(self.list_file)[:max_items]
         ds = config.training.dataset
         self.num_views, self.num_input_views = ds.num_views, ds.num_input_views
-        self.target_has_input, self.remove_alpha = ds.target_has_input, ds.remove_alpha
+        # ds.remove_alpha changes nothing here: inputs and targets are always composited onto
+        # the background and keep the PNG's soft alpha (see reader.composite and README).
+        self.target_has_input = ds.target_has_input
         self.background = background_rgb(ds.background_color)
         self.image_size = config.model.image_tokenizer.image_size
         self.rig_order = config.mouse.use_mouse_dataset
@@ -113,9 +115,7 @@ class MultiViewDataset(Dataset):
 
         views = {
             int(i): composite(
-                load_view(sample.frames[i], self.image_size, self.cache_dir),
-                self.background,
-                self.remove_alpha,
+                load_view(sample.frames[i], self.image_size, self.cache_dir), self.background
             )
             for i in view_ids
         }

@@ -127,8 +127,63 @@ def _rigid_w2c(value: object, where: str) -> np.ndarray:
     return matrix
 
 
-def read_sample(folder: str | Path) -> Sample:
-    """Parse and validate one sample folder's opencv_cameras.json (images are not opened)."""
+@dataclass(frozen=True)
+class FrameScan:
+    """One camera-file frame checked field by field, so every bad field is known at once.
+
+    image_path is set when 'file_path' is valid and size when 'w' and 'h' are, even if other
+    fields are bad, so a checker can still open the image; frame is set only when all are valid.
+    """
+
+    image_path: Path | None
+    size: tuple[int, int] | None  # (w, h) in full-resolution pixels
+    frame: Frame | None
+    problems: tuple[str, ...]
+
+
+def _scan_frame(raw: object, folder: Path, where: str) -> FrameScan:
+    if not isinstance(raw, dict):
+        return FrameScan(None, None, None, (f"{where}: expected an object",))
+    problems: list[str] = []
+
+    def field_value(check):
+        try:
+            return check()
+        except DataError as exc:
+            problems.append(str(exc))
+            return None
+
+    width = field_value(lambda: _number(raw, "w", where, True))
+    height = field_value(lambda: _number(raw, "h", where, True))
+    size = None
+    if width is not None and height is not None:
+        if width != int(width) or height != int(height):
+            problems.append(f"{where}: 'w' and 'h' must be whole numbers")
+        else:
+            size = (int(width), int(height))
+    intrinsics = [
+        field_value(lambda k=k: _number(raw, k, where, k in ("fx", "fy")))
+        for k in ("fx", "fy", "cx", "cy")
+    ]
+    file_path = raw.get("file_path")
+    image_path = None
+    if isinstance(file_path, str) and file_path:
+        image_path = folder / file_path
+    else:
+        problems.append(f"{where}: 'file_path' must be a non-empty string")
+    w2c = field_value(lambda: _rigid_w2c(raw.get("w2c"), where))
+    frame = None
+    if not problems:
+        frame = Frame(size[0], size[1], tuple(intrinsics), w2c, image_path)
+    return FrameScan(image_path, size, frame, tuple(problems))
+
+
+def scan_sample(folder: str | Path) -> tuple[str, list[FrameScan]]:
+    """(sample id, one FrameScan per frame) of a sample folder; images are not opened.
+
+    Raises DataError when the folder or its camera file as a whole is unusable (missing,
+    invalid JSON, no 'frames' list): then no frame can be located.
+    """
     folder = Path(folder)
     if not _exists(folder, "sample folder", Path.is_dir):
         raise DataError(f"{folder}: sample folder not found")
@@ -141,30 +196,21 @@ def read_sample(folder: str | Path) -> Sample:
         raise DataError(f"{camera_file}: invalid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("frames"), list) or not data["frames"]:
         raise DataError(f"{camera_file}: expected an object with a non-empty 'frames' list")
-    frames = []
-    for index, raw in enumerate(data["frames"]):
-        where = f"{camera_file} frame {index}"
-        if not isinstance(raw, dict):
-            raise DataError(f"{where}: expected an object")
-        width, height = _number(raw, "w", where, True), _number(raw, "h", where, True)
-        if width != int(width) or height != int(height):
-            raise DataError(f"{where}: 'w' and 'h' must be whole numbers")
-        intrinsics = tuple(
-            _number(raw, k, where, k in ("fx", "fy")) for k in ("fx", "fy", "cx", "cy")
-        )
-        file_path = raw.get("file_path")
-        if not isinstance(file_path, str) or not file_path:
-            raise DataError(f"{where}: 'file_path' must be a non-empty string")
-        frames.append(
-            Frame(
-                int(width),
-                int(height),
-                intrinsics,
-                _rigid_w2c(raw.get("w2c"), where),
-                folder / file_path,
-            )
-        )
-    return Sample(str(data.get("id", folder.name)), folder, tuple(frames))
+    scans = [
+        _scan_frame(raw, folder, f"{camera_file} frame {index}")
+        for index, raw in enumerate(data["frames"])
+    ]
+    return str(data.get("id", folder.name)), scans
+
+
+def read_sample(folder: str | Path) -> Sample:
+    """Parse and validate one sample folder's opencv_cameras.json (images are not opened).
+    Raises DataError with the first problem found."""
+    sample_id, scans = scan_sample(folder)
+    for scan in scans:
+        if scan.problems:
+            raise DataError(scan.problems[0])
+    return Sample(sample_id, Path(folder), tuple(scan.frame for scan in scans))
 
 
 def _cache_path(cache_dir: Path, frame: Frame, size: int) -> Path:
@@ -178,17 +224,20 @@ def _cache_path(cache_dir: Path, frame: Frame, size: int) -> Path:
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npy"
 
 
-def _decode_resized(frame: Frame, size: int) -> np.ndarray:
-    path = frame.image_path
+def decode_view(path: Path, expected: tuple[int, int] | None, size: int) -> np.ndarray:
+    """Decode an image file to RGBA resized to size x size: [size, size, 4] uint8.
+
+    expected: the (w, h) the camera file gives, checked against the image; None skips the check.
+    """
     if not _exists(path, "image file", Path.is_file):
         raise DataError(f"{path}: image file not found")
     try:
         with Image.open(path) as image:
             image.load()
-            if image.size != (frame.width, frame.height):
+            if expected is not None and image.size != expected:
                 raise DataError(
                     f"{path}: image is {image.size[0]}x{image.size[1]} but the camera "
-                    f"file says {frame.width}x{frame.height}"
+                    f"file says {expected[0]}x{expected[1]}"
                 )
             if image.mode == "RGBA":
                 rgba = image
@@ -216,7 +265,7 @@ def _decode_resized(frame: Frame, size: int) -> np.ndarray:
 def load_view(frame: Frame, size: int, cache_dir: Path | None = None) -> np.ndarray:
     """Decoded RGBA resized to size x size: [size, size, 4] uint8 (cached when cache_dir is set)."""
     if cache_dir is None:
-        return _decode_resized(frame, size)
+        return decode_view(frame.image_path, (frame.width, frame.height), size)
     try:
         cached = _cache_path(cache_dir, frame, size)
     except (OSError, ValueError):
@@ -226,7 +275,7 @@ def load_view(frame: Frame, size: int, cache_dir: Path | None = None) -> np.ndar
             return np.load(cached)
         except (OSError, ValueError):
             pass  # a damaged cache entry is rebuilt below
-    rgba = _decode_resized(frame, size)
+    rgba = decode_view(frame.image_path, (frame.width, frame.height), size)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
@@ -250,13 +299,13 @@ def background_rgb(name: str) -> np.ndarray:
     return {"white": np.ones(3), "black": np.zeros(3)}[name]
 
 
-def composite(
-    rgba: np.ndarray, background: np.ndarray, remove_alpha: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def composite(rgba: np.ndarray, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RGBA uint8 [H, W, 4] -> (rgb [3, H, W] float32 in [0, 1], alpha [1, H, W] float32).
 
-    With remove_alpha the RGB is composited over `background` using alpha; otherwise the
-    stored RGB is returned as it is.
+    The RGB is always composited over `background` [3] with the soft alpha, whatever
+    `training.dataset.remove_alpha` says: FaceLift's loader does the same, and without it a PNG
+    whose RGB is black where alpha is 0 would give the model black-background inputs against
+    white-background targets and renders.
     """
     # Transpose the uint8 view first and scale in place: float transposes dominate otherwise.
     chw = rgba.transpose(2, 0, 1)
@@ -264,11 +313,10 @@ def composite(
     rgb *= np.float32(1 / 255)
     alpha = chw[3:].astype(np.float32, order="C")
     alpha *= np.float32(1 / 255)
-    if remove_alpha:
-        bg = background.astype(np.float32)[:, None, None]
-        rgb -= bg
-        rgb *= alpha
-        rgb += bg
+    bg = background.astype(np.float32)[:, None, None]
+    rgb -= bg
+    rgb *= alpha
+    rgb += bg
     return rgb, alpha
 
 
