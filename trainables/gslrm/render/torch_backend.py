@@ -8,7 +8,7 @@ Pipeline
 2. ``bin_gaussians``: list, per small square tile, the Gaussians whose box can reach it, front
    to back (no grad; integer bookkeeping only).
 3. ``composite_tiles``: tiles with similar list lengths are padded together into blocks and
-   alpha-composited CHUNK list entries at a time, as [tiles, entries, pixels] tensors with a
+   alpha-composited CHUNK list entries at a time, as [tiles, pixels, entries] tensors with a
    cumulative product along the entries, by a custom autograd Function (hand-written
    backward). Tiles whose pixels have all stopped leave early, like gsplat's tile blocks.
 
@@ -40,13 +40,13 @@ EXTEND = 3.33
 TILE_SIZE = 4
 # List entries composited per step; a tile stops once all its pixels have T <= 1e-4
 CHUNK = 64
-# Caps per block of tiles: [tiles, CHUNK, pixels] temporaries (16 MB each) and padded
+# Caps per block of tiles: [tiles, pixels, CHUNK] temporaries (16 MB each) and padded
 # [tiles, K] per-Gaussian rows
 BLOCK_ELEMENTS = 1 << 22
 BLOCK_ROWS = 1 << 19
 # Tiles join a block only while their list is at least this fraction of its longest
 BLOCK_FILL = 0.6
-# Up to this many [tile, entry, pixel] elements per render, forward keeps alpha and T
+# Up to this many [tile, pixel, entry] elements per render, forward keeps alpha and survival
 # for backward (2 float tensors, ~270 MB at the limit); beyond it backward recomputes them
 SAVED_ELEMENTS = 1 << 25
 
@@ -300,43 +300,45 @@ def _threshold_below(value: float, dtype: torch.dtype) -> float:
 
 
 def _chunk_alpha(
-    expo: torch.Tensor, feats_t: torch.Tensor, t_start: torch.Tensor, clamps: bool
+    expo: torch.Tensor, feats: torch.Tensor, t_start: torch.Tensor, clamps: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """gsplat's per-pixel alpha of a run of list entries, and the transmittance before each.
+    """gsplat's per-pixel alpha of a run of list entries, and the transmittance after each.
 
-    expo: [G, C, 6] from ``exponent_coefficients``, feats_t: [6, P] (``pixel_features``
-    transposed), t_start: [G, P] transmittance before the run (<= 1e-4 for pixels that already
-    stopped, which masks all their entries) -> two [G, C, P] tensors, pixels last so that the
-    exponent is one [G * C, 6] x [6, P] matrix product and the scans along the entries run
-    over contiguous rows of P pixels:
+    expo: [G, C, 6] from ``exponent_coefficients``, feats: [P, 6], t_start: [G, P]
+    transmittance before the run (<= 1e-4 for pixels that already stopped, which masks all
+    their entries) -> two [G, P, C] tensors, entries last so the scans run over contiguous
+    memory:
     alpha: 0 for skipped entries (alpha < 1/255) and for every entry from the one that would
     drop T to <= 1e-4 on (gsplat stops before adding it);
-    trans: T before each entry, exact up to the stopping entry.
+    survive: T after each entry, exact up to the stopping entry.
     clamps: whether any opacity exceeds 0.999 (else the clamp is skipped).
 
     Conics are positive definite, so sigma < 0 (gsplat's other skip rule) can only come from
     rounding in the expanded quadratic; such entries are kept, at the cost of an exp(1e-5)
     factor, rather than dropping the pixel nearest a splat's centre.
     """
-    n_tiles, n_entries, _ = expo.shape
-    alpha = torch.matmul(expo, feats_t).exp_()  # [G, C, P]
+    alpha = torch.matmul(feats, expo.transpose(1, 2)).exp_()
     if clamps:
         alpha.clamp_(max=ALPHA_MAX)
     torch.nn.functional.threshold(alpha, _threshold_below(ALPHA_MIN, alpha.dtype), 0.0, True)
-    # trans[:, 0] = t_start, trans[:, k] = t_start * prod_{j<k} (1 - alpha_j): one cumulative
-    # product over the entries shifted by one, written straight into trans
-    trans = alpha.new_empty(n_tiles, n_entries + 1, alpha.shape[-1])  # [G, C + 1, P]
-    trans[:, 0] = t_start
-    torch.sub(1.0, alpha, out=trans[:, 1:])
-    torch.cumprod(trans, dim=1, out=trans)
+    survive = torch.cumprod(torch.rsub(alpha, 1.0), dim=-1).mul_(t_start[..., None])
     # T only falls along the list, so the last entry tells whether any pixel stops
-    if bool(trans[:, -1].min() <= TRANSMITTANCE_MIN):
-        alpha.masked_fill_(trans[:, 1:] <= TRANSMITTANCE_MIN, 0.0)
-    return alpha, trans
+    if bool(survive[..., -1].min() <= TRANSMITTANCE_MIN):
+        keep = torch.nn.functional.threshold(survive, TRANSMITTANCE_MIN, 0.0).sign_()
+        alpha.mul_(keep)
+    return alpha, survive
+
+
+def _transmittance(survive: torch.Tensor, t_start: torch.Tensor) -> torch.Tensor:
+    """survive: [G, P, C] T after each entry, t_start: [G, P] -> [G, P, C] T before each."""
+    trans = torch.empty_like(survive)
+    trans[..., 0] = t_start
+    trans[..., 1:] = survive[..., :-1]
+    return trans
 
 
 class _SavingBudget:
-    """How many more [tile, entry, pixel] elements forward may keep for backward."""
+    """How many more [tile, pixel, entry] elements forward may keep for backward."""
 
     def __init__(self, elements: int):
         self.left = elements
@@ -356,23 +358,21 @@ class _CompositeTiles(torch.autograd.Function):
     attrs rows are one Gaussian each, (mx, my, a, b, c, opacity, r, g, b), front to back,
     padding rows (from counts[g] on) have opacity 0; centres are the tiles' centres in
     pixels. A tile leaves the loop once its list is exhausted or all its pixels have stopped,
-    like gsplat's per-tile early exit. Per run, forward keeps alpha and T for backward while
-    the budget lasts, else backward recomputes them. Per-entry maths lives in here rather
-    than in autograd to avoid its per-op overhead on ~1e5 (tile, Gaussian) pairs.
+    like gsplat's per-tile early exit. Per run, forward keeps alpha and survival for backward
+    while the budget lasts, else backward recomputes them. Per-entry maths lives in here
+    rather than in autograd to avoid its per-op overhead on ~1e5 (tile, Gaussian) pairs.
     """
 
     @staticmethod
     def forward(ctx, attrs, centres, counts, feats, clamps, budget):
         n_tiles, k, _ = attrs.shape
-        n_pix = feats.shape[0]
-        feats_t = feats.t().contiguous()  # [6, P]
-        means_local = attrs[..., :2] - centres[:, None]  # [G, K, 2]
-        expo = exponent_coefficients(means_local, attrs[..., 2:5], attrs[..., 5])  # [G, K, 6]
-        colors_ext = torch.nn.functional.pad(attrs[..., 6:], (0, 1), value=1.0)  # [G, K, 4]
+        means_local = attrs[..., :2] - centres[:, None]
+        expo = exponent_coefficients(means_local, attrs[..., 2:5], attrs[..., 5])
+        colors_ext = torch.nn.functional.pad(attrs[..., 6:], (0, 1), value=1.0)
         # T including every entry so far: <= 1e-4 once a pixel has stopped, and then every
         # later entry is masked because T only falls
-        t_live = attrs.new_ones(n_tiles, n_pix)  # [G, P]
-        out = attrs.new_zeros(n_tiles, n_pix, 4)  # [G, P, 4]
+        t_live = attrs.new_ones(n_tiles, feats.shape[0])
+        out = attrs.new_zeros(n_tiles, feats.shape[0], 4)
         saved, runs = [], []
         for c0, c1 in _runs(k):
             active = ((counts > c0) & (t_live.amax(-1) > TRANSMITTANCE_MIN)).nonzero().squeeze(-1)
@@ -381,30 +381,31 @@ class _CompositeTiles(torch.autograd.Function):
             # Index only when some tiles have left: most runs keep them all
             every_tile = active.numel() == n_tiles
             rows = slice(None) if every_tile else active
-            t_start = t_live[rows]  # [g, P]
-            alpha, trans = _chunk_alpha(expo[rows, c0:c1], feats_t, t_start, clamps)
-            weights = alpha * trans[:, :-1]  # [g, C, P]
-            # Weights of a pixel sum to 1 - T, so the ones channel yields the alpha output
-            out[rows] += weights.transpose(1, 2) @ colors_ext[rows, c0:c1]  # [g, P, 4]
-            t_live = t_live.clone()  # t_start must keep the values before this run
-            t_live[rows] = trans[:, -1]
+            t_start = t_live[rows]
+            alpha, survive = _chunk_alpha(expo[rows, c0:c1], feats, t_start, clamps)
             kept = budget.take(alpha.numel())
+            weights = alpha.clone() if kept else alpha
+            weights[..., 0].mul_(t_start)
+            weights[..., 1:].mul_(survive[..., :-1])
+            # Weights of a pixel sum to 1 - T, so the ones channel yields the alpha output
+            out[rows] += weights @ colors_ext[rows, c0:c1]
+            t_live = t_live.clone()  # t_start must keep the values before this run
+            t_live[rows] = survive[..., -1]
             saved += [None if every_tile else active, t_start]
-            saved += [alpha, trans] if kept else []
+            saved += [alpha, survive] if kept else []
             runs.append((c0, c1, kept))
-        ctx.save_for_backward(attrs, means_local, expo, feats_t, *saved)
+        ctx.save_for_backward(attrs, means_local, expo, feats, *saved)
         ctx.runs, ctx.clamps = runs, clamps
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        # grad_out: [G, P, 4]
-        attrs, means_local, expo, feats_t, *saved = ctx.saved_tensors
-        colors_ext = torch.nn.functional.pad(attrs[..., 6:], (0, 1), value=1.0)  # [G, K, 4]
-        grad_expo = torch.zeros_like(expo)  # [G, K, 6]
-        grad_colors = torch.zeros_like(attrs[..., 6:])  # [G, K, 3]
+        attrs, means_local, expo, feats, *saved = ctx.saved_tensors
+        colors_ext = torch.nn.functional.pad(attrs[..., 6:], (0, 1), value=1.0)
+        grad_expo = torch.zeros_like(expo)
+        grad_colors = torch.zeros_like(attrs[..., 6:])
         # sum over later entries of weight * (d loss / d weight), per pixel
-        later_sum = grad_out.new_zeros(grad_out.shape[:2])  # [G, P]
+        later_sum = grad_out.new_zeros(grad_out.shape[:2])
         runs, i = [], 0
         for c0, c1, kept in ctx.runs:
             n = 4 if kept else 2
@@ -412,33 +413,29 @@ class _CompositeTiles(torch.autograd.Function):
             i += n
         for c0, c1, items in reversed(runs):
             rows = slice(None) if items[0] is None else items[0]
-            t_start = items[1]  # [g, P]
+            t_start = items[1]
             if len(items) == 4:
-                alpha, trans = items[2:]
+                alpha, survive = items[2:]
             else:
-                alpha, trans = _chunk_alpha(expo[rows, c0:c1], feats_t, t_start, ctx.clamps)
-            trans = trans[:, :-1]  # [g, C, P] T before each entry
-            grad = grad_out[rows]  # [g, P, 4]
-            weights = alpha * trans  # [g, C, P]
-            grad_colors[rows, c0:c1] = (weights @ grad)[..., :-1]  # [g, C, 3]
-            # d loss / d weight_k per pixel: [g, C, P]
-            g_w = colors_ext[rows, c0:c1] @ grad.transpose(1, 2)
-            # With P_k = weight_k * g_w_k and L_k = sum of P_j over the entries after k (this
-            # run and all later runs), d loss / d alpha_k = g_w_k T_k - L_k / (1 - alpha_k);
-            # times d alpha / d logit = alpha gives P_k - L_k alpha_k / (1 - alpha_k).
-            # Stopped entries have alpha 0 here, so 1 - alpha is never 0
-            prod = weights.mul_(g_w)  # [g, C, P]
-            run_sum = prod.sum(1)  # [g, P]
-            tail = run_sum.add_(later_sum[rows])  # [g, P] sum of P over this run and later ones
-            later_sum[rows] = tail
-            later = torch.sub(tail[:, None], torch.cumsum(prod, 1, out=g_w))  # [g, C, P]
-            odds = torch.rsub(alpha, 1.0).reciprocal_().mul_(alpha)  # [g, C, P]
-            if ctx.clamps:
-                # the 0.999 clamp is constant for gsplat: no gradient through clamped alphas
-                odds.masked_fill_(alpha >= ALPHA_MAX, 0.0)
-                prod.masked_fill_(alpha >= ALPHA_MAX, 0.0)
-            grad_logit = prod.sub_(later.mul_(odds))  # [g, C, P]
-            grad_expo[rows, c0:c1] = grad_logit @ feats_t.t()  # [g, C, 6]
+                alpha, survive = _chunk_alpha(expo[rows, c0:c1], feats, t_start, ctx.clamps)
+            trans = _transmittance(survive, t_start)
+            del survive
+            grad = grad_out[rows]
+            weights = alpha * trans
+            grad_colors[rows, c0:c1] = (weights.transpose(1, 2) @ grad)[..., :-1]
+            # d loss / d weight_k per pixel
+            g_w = grad @ colors_ext[rows, c0:c1].transpose(1, 2)
+            # Raising alpha_k scales every later weight by 1 / (1 - alpha_k) downwards;
+            # stopped entries have alpha 0 here, so 1 - alpha is never 0
+            later = weights.mul_(g_w)
+            run_sum = later.sum(-1)
+            later = torch.cumsum(later, -1).neg_().add_((run_sum + later_sum[rows])[..., None])
+            later_sum[rows] += run_sum
+            g_alpha = g_w.mul_(trans).sub_(later.div_(torch.rsub(alpha, 1.0)))
+            # alpha = exp(expo . feats), so d alpha / d(expo . feats) = alpha, except through
+            # the 0.999 clamp, which gsplat treats as constant
+            slope = alpha * (alpha < ALPHA_MAX) if ctx.clamps else alpha
+            grad_expo[rows, c0:c1] = g_alpha.mul_(slope).transpose(1, 2) @ feats
         grad_attrs = _exponent_vjp(grad_expo, means_local, attrs[..., 2:5], attrs[..., 5])
         return torch.cat([grad_attrs, grad_colors], -1), None, None, None, None, None
 
