@@ -54,6 +54,28 @@ def render(
     image of ``height`` x ``width``; background: [3] or [B, 3] RGB in [0, 1].
     backend: "auto" (gsplat on CUDA, torch otherwise), "gsplat" or "torch".
     Returns (rgb [B, V, 3, H, W], alpha [B, V, 1, H, W]).
+
+    Example: one red splat 3 units in front of an identity camera lands on the image centre.
+
+    >>> import torch
+    >>> from trainables.gslrm.types import Cameras, Gaussians
+    >>> g = Gaussians(
+    ...     means=torch.tensor([[[0.0, 0.0, 3.0]]]),
+    ...     scales=torch.full((1, 1, 3), 0.1),
+    ...     quats=torch.tensor([[[1.0, 0.0, 0.0, 0.0]]]),
+    ...     opacities=torch.tensor([[0.9]]),
+    ...     colors=torch.tensor([[[1.0, 0.0, 0.0]]]),
+    ... )
+    >>> cams = Cameras(torch.eye(4)[None, None], torch.tensor([[[32.0, 32.0, 16.0, 16.0]]]))
+    >>> rgb, alpha = render(g, cams, 32, 32, torch.ones(3), backend="torch")
+    >>> rgb.shape, alpha.shape
+    (torch.Size([1, 1, 3, 32, 32]), torch.Size([1, 1, 1, 32, 32]))
+    >>> # pixel centre (16.5, 16.5), splat at (16, 16) with variance (32 * 0.1 / 3)^2 + 0.3 px^2:
+    >>> # alpha = 0.9 exp(-0.5 (0.5^2 + 0.5^2) / 1.438) = 0.756; green = blue = 1 - alpha
+    >>> [round(v, 3) for v in rgb[0, 0, :, 16, 16].tolist()]
+    [1.0, 0.244, 0.244]
+    >>> round(alpha[0, 0, 0, 0, 0].item(), 3)  # a corner, far outside the splat
+    0.0
     """
     means = gaussians.means
     backend = _resolve_backend(backend, means.device)

@@ -491,25 +491,27 @@ def composite_tiles(
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     pixels = tile_size * tile_size
     dtype, device = opacities.dtype, opacities.device
-    feats = pixel_features(tile_size, dtype, device)
+    feats = pixel_features(tile_size, dtype, device)  # [P, 6], P = tile_size^2
     # One row per Gaussian plus a padding row of opacity 0
     table = torch.cat([proj.means2d, proj.conics, opacities[..., None], colors], -1).reshape(-1, 9)
-    table = torch.cat([table, table.new_zeros(1, 9)])
+    table = torch.cat([table, table.new_zeros(1, 9)])  # [I * N + 1, 9]
     pad_row = table.shape[0] - 1
     clamps = bool(opacities.numel() and opacities.max() > ALPHA_MAX)
 
-    by_len = torch.argsort(bins.counts, descending=True, stable=True)
+    by_len = torch.argsort(bins.counts, descending=True, stable=True)  # [T]
+    # [T] each, tiles sorted by decreasing list length
     tile_ids, starts, counts = bins.tile_ids[by_len], bins.starts[by_len], bins.counts[by_len]
-    centres = _tile_centres(tile_ids, tiles_x, tiles_y, tile_size, dtype)
+    centres = _tile_centres(tile_ids, tiles_x, tiles_y, tile_size, dtype)  # [T, 2]
     blocks = _blocks(counts.tolist(), pixels)
     budget = _SavingBudget(SAVED_ELEMENTS)
     # One gather for all blocks: each gather's backward allocates a full-size gradient table
     gather = []
     for start, stop, k in blocks:
-        slot = torch.arange(k, device=device)
-        valid = slot < counts[start:stop, None]
-        pair = torch.where(valid, starts[start:stop, None] + slot, 0)
+        slot = torch.arange(k, device=device)  # [K]
+        valid = slot < counts[start:stop, None]  # [G, K], G = stop - start
+        pair = torch.where(valid, starts[start:stop, None] + slot, 0)  # [G, K] into gaussian_ids
         gather.append(torch.where(valid, bins.gaussian_ids[pair], pad_row).reshape(-1))
+    # [sum of G * K, 9]: every block's padded lists, one after the other
     padded = table.index_select(0, torch.cat(gather)) if gather else table[:0]
     sizes = [(stop - start) * k for start, stop, k in blocks]
     outs = [
@@ -524,12 +526,14 @@ def composite_tiles(
         for block, (start, stop, k) in zip(padded.split(sizes), blocks, strict=True)
     ]
 
+    # [I * tiles_y * tiles_x, P, 4]; each block's output is [G, P, 4]
     canvas = torch.zeros(n_img * tiles_x * tiles_y, pixels, 4, dtype=dtype, device=device)
     if outs:
         canvas = canvas.index_copy(0, tile_ids, torch.cat(outs))
     else:
         # Keep the graph connected so a loss on an empty render can still call backward()
         canvas = canvas + 0.0 * table.sum()
+    # [I, tiles_y, tiles_x, ts, ts, 4] -> [I, 4, H, W]
     image = (
         canvas.view(n_img, tiles_y, tiles_x, tile_size, tile_size, 4)
         .permute(0, 5, 1, 3, 2, 4)
