@@ -29,7 +29,8 @@ So with the default 3 seeds, read the item-level interval next to the seed-level
 when seeds disagree strongly, add seeds.
 
 P(better) is the share of replicates in which the treatment is the better level. The
-two-sided bootstrap p value, 2 min(P(d > 0), P(d < 0)), is Holm-corrected across the factors
+two-sided bootstrap p value, 2 min(P(d >= 0), P(d <= 0)) (each (k + 1) / (N_BOOT + 1)), is
+Holm-corrected across the factors
 of a study, separately for each metric and view role.
 
 Verdicts (for a higher-is-better metric, d = treatment - baseline, margin m > 0):
@@ -46,9 +47,11 @@ evaluated on a different item set (hash 1f2e..., trial a: 9c0d...)".
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -235,14 +238,15 @@ def hierarchical_bootstrap(
         replicates = estimate + (replicates - estimate) * math.sqrt(n_seeds / (n_seeds - 1))
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(replicates, [tail, 1.0 - tail])
-    above = (np.count_nonzero(replicates > 0) + 0.5) / (n_boot + 1.0)
-    below = (np.count_nonzero(replicates < 0) + 0.5) / (n_boot + 1.0)
+    # a replicate equal to 0 counts against both directions: no difference gives p = 1
+    at_least = (np.count_nonzero(replicates >= 0) + 1.0) / (n_boot + 1.0)
+    at_most = (np.count_nonzero(replicates <= 0) + 1.0) / (n_boot + 1.0)
     return BootstrapResult(
         mean=estimate,
         ci_low=float(low),
         ci_high=float(high),
         p_positive=float(np.count_nonzero(replicates > 0) / n_boot),
-        p_two_sided=float(min(1.0, 2.0 * min(above, below))),
+        p_two_sided=float(min(1.0, 2.0 * min(at_least, at_most))),
         n_seeds=n_seeds,
         n_items=len(items),
         n_rows=n_rows,
@@ -520,3 +524,111 @@ class MarginSettings:
                 f"equivalence margin for {bad[0]} must be > 0, got {self.overrides[bad[0]]}"
             )
         return {**DEFAULT_MARGINS, **self.overrides}
+
+
+# ---------------------------------------------------------------------------------------
+# a study's evaluations
+
+EVAL_DIR = "eval"
+ITEMS_FILE = "items.parquet"
+PROTOCOL_FILE = "protocol.json"
+# report/items.parquet: these first, then the per-trial file's columns (item_id, camera, ...)
+GATHERED_PREFIX = ("study", "trial_id", "seed")
+ITEM_FILE_COLUMNS = (
+    "item_id",
+    "item_index",
+    "camera",
+    "role",
+    *COMPARED_METRICS,
+    "pred_fg_fraction",
+    "gt_fg_fraction",
+)
+
+
+def run_eval_dir(study_dir: Path, trial_id: str) -> Path:
+    """Where the Ray adapter's trial run folder keeps its evaluation (runs/<trial>/eval)."""
+    return Path(study_dir) / "runs" / str(trial_id) / EVAL_DIR
+
+
+def _read_protocol(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gather_items(
+    study_dir: Path, trials: pd.DataFrame, study: str = ""
+) -> tuple[pd.DataFrame, dict[str, dict[str, Any] | None]]:
+    """Every trial's eval/items.parquet stacked (study, trial_id, seed, then its columns), and
+    {trial_id: protocol record or None} for the trials that have items."""
+    frames, protocols = [], {}
+    for _, row in trials.iterrows():
+        folder = run_eval_dir(study_dir, row["trial_id"])
+        if not (folder / ITEMS_FILE).is_file():
+            continue
+        frame = pd.read_parquet(folder / ITEMS_FILE)
+        missing = [c for c in ITEM_FILE_COLUMNS if c not in frame.columns]
+        if missing:
+            raise ProtocolMismatch(
+                f"trial {row['trial_id']}: {folder / ITEMS_FILE} lacks column {missing[0]}; "
+                "re-run `python -m analysis.evaluate` on its run folder"
+            )
+        frame.insert(0, "seed", row.get("seed"))
+        frame.insert(0, "trial_id", str(row["trial_id"]))
+        frame.insert(0, "study", study)
+        frames.append(frame)
+        protocols[str(row["trial_id"])] = _read_protocol(folder / PROTOCOL_FILE)
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in ITEM_FILE_COLUMNS})
+        for column, dtype in (("item_id", "str"), ("role", "str"), ("item_index", "int32")):
+            empty[column] = empty[column].astype(dtype)
+        empty["camera"] = empty["camera"].astype("int16")
+        empty.insert(0, "seed", pd.Series(dtype="Int64"))
+        empty.insert(0, "trial_id", pd.Series(dtype="str"))
+        empty.insert(0, "study", pd.Series(dtype="str"))
+        return empty, protocols
+    items = pd.concat(frames, ignore_index=True)
+    items["seed"] = items["seed"].astype("Int64")
+    return items, protocols
+
+
+@dataclass(frozen=True)
+class StudyEvaluation:
+    """What the report says about a study's item-level evaluation."""
+
+    n_analysed: int  # trials in the seed-level analysis set
+    evaluated: tuple[str, ...]  # of those, the trials with items
+    protocol: dict[str, Any] | None = None
+    refusal: str | None = None  # the ProtocolMismatch message, when comparisons were refused
+    comparisons: tuple[FactorItemComparison, ...] = ()
+    margins: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    checkpoint_steps: Mapping[str, int] = field(default_factory=dict)
+
+
+def evaluate_study(
+    items: pd.DataFrame,
+    protocols: Mapping[str, dict[str, Any] | None],
+    analysed: pd.DataFrame,
+    factors: Sequence[Factor],
+    margins: Mapping[str, float] | None = None,
+    n_boot: int = N_BOOT,
+) -> StudyEvaluation:
+    """Item-level comparisons of the analysed trials that were evaluated, or the refusal."""
+    margins = MarginSettings(dict(margins or {})).margins()
+    evaluated = tuple(sorted(t for t in analysed["trial_id"].astype(str) if t in protocols))
+    base = {"n_analysed": len(analysed), "evaluated": evaluated, "margins": margins}
+    if not evaluated:
+        return StudyEvaluation(**base)
+    try:
+        protocol = check_protocols({t: protocols[t] for t in evaluated})
+    except ProtocolMismatch as exc:
+        return StudyEvaluation(**base, refusal=str(exc))
+    steps = {t: protocols[t].get("checkpoint_step") for t in evaluated}  # type: ignore[union-attr]
+    chosen = analysed[analysed["trial_id"].astype(str).isin(evaluated)]
+    rows = items[items["trial_id"].isin(evaluated)]
+    comparisons = compare_items(rows, chosen, factors, margins, n_boot=n_boot)
+    return StudyEvaluation(
+        **base, protocol=protocol, comparisons=tuple(comparisons), checkpoint_steps=steps
+    )
