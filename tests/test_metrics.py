@@ -13,7 +13,7 @@ from trainables.gslrm.metrics import compute_metrics, lpips_available, mask_iou,
 # pytorch_msssim warns when an image is smaller than its 11 px window (tiny test images)
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")
 
-BASE_KEYS = {"psnr", "psnr_fg", "ssim", "mask_iou"}
+BASE_KEYS = {"psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage", "ssim", "mask_iou"}
 
 
 def test_psnr_from_mse() -> None:
@@ -127,6 +127,20 @@ def test_no_lpips_key_when_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     out = compute_metrics(target, target, torch.ones(1, 1, 1, 16, 16), torch.ones(3), 0.1)
     assert set(out) == BASE_KEYS
     assert all(isinstance(value, float) for value in out.values())
+
+
+def test_validation_means_are_the_per_view_definitions() -> None:
+    """compute_metrics' view means equal the nan-skipping means of item_view_metrics."""
+    torch.manual_seed(4)
+    render = torch.rand(2, 3, 3, 16, 16)
+    target = torch.rand(2, 3, 3, 16, 16)
+    alpha = (torch.rand(2, 3, 1, 16, 16) > 0.6).float()
+    alpha[1, 2] = 0.0  # one view without foreground: skipped, not zero
+    out = compute_metrics(render, target, alpha, torch.ones(3), 0.1)
+    per_view = metrics.item_view_metrics(render, target, alpha, torch.ones(3), 0.1)
+    for name in ("psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage"):
+        assert out[name] == pytest.approx(float(torch.nanmean(per_view[name])), abs=1e-5), name
+    assert out["psnr_fg"] != pytest.approx(float(per_view["psnr_fg"].nan_to_num(0).mean()))
 
 
 def test_lpips_key_when_available(monkeypatch: pytest.MonkeyPatch) -> None:

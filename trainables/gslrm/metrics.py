@@ -219,6 +219,12 @@ def mean_lpips(render: Tensor, target: Tensor) -> float:
     return float(model(flat_r, flat_t).mean())
 
 
+def _view_mean(values: Tensor) -> float:
+    """Mean over the finite entries of [B, V] per-view values; NaN when none is finite."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else float("nan")
+
+
 def compute_metrics(
     render: Tensor,
     target: Tensor,
@@ -230,9 +236,11 @@ def compute_metrics(
 
     render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W];
     background: [3] or [B, 3]. The render is clamped to [0, 1].
-    Returns `psnr`, `psnr_fg` (NaN when no view has foreground), `ssim`, `mask_iou`,
-    and `lpips` only when lpips_available(). psnr / psnr_fg / ssim are means over
-    views; mask_iou is pooled over the batch's views.
+    Returns `psnr`, `psnr_fg`, `psnr_int`, `ssim_fg`, `coverage` (means over the views where
+    each is defined: the per-view values of item_view_metrics, so validation and the
+    evaluation protocol share one definition; NaN when no view defines it), `ssim`
+    (full-image), `mask_iou` (pooled over the batch's views) and `lpips` only when
+    lpips_available().
     """
     check_image_shapes(render, target, target_alpha)
     with torch.no_grad():
@@ -240,12 +248,13 @@ def compute_metrics(
         render = render.detach().float().clamp(0.0, 1.0)
         target = target.detach().float()
         target_alpha = target_alpha.detach().float()
+        per_view = item_view_metrics(render, target, target_alpha, background, mask_iou_threshold)
         metrics = {
-            "psnr": float(per_view_psnr(render, target).mean()),
-            "psnr_fg": foreground_psnr(render, target, target_alpha),
-            "ssim": mean_ssim(render, target),
-            "mask_iou": float(mask_iou(render, target_alpha, background, mask_iou_threshold)),
+            name: _view_mean(per_view[name])
+            for name in ("psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage")
         }
+        metrics["ssim"] = mean_ssim(render, target)
+        metrics["mask_iou"] = float(mask_iou(render, target_alpha, background, mask_iou_threshold))
         if lpips_available():
             metrics["lpips"] = mean_lpips(render, target)
     return metrics
