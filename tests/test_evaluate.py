@@ -221,3 +221,28 @@ def test_metric_nan_survives_the_parquet_round_trip(tmp_path) -> None:
     back = pq.read_table(tmp_path / "items.parquet").to_pandas()
     assert math.isnan(back.loc[0, "psnr_int"]) and back.loc[0, "camera"] == 3
     assert str(back["camera"].dtype) == "int16"
+
+
+def test_end_of_trial_call_on_a_real_training_run(tmp_path, data) -> None:
+    """evaluate_trial reads what the real training loop writes (metrics.jsonl, checkpoints)."""
+    from trainables.gslrm.train import train
+
+    config = tiny_config(
+        data,
+        "training.schedule.max_steps=4",
+        "training.schedule.warmup=1",
+        "validation.val_every=2",
+        "validation.max_items=1",
+        "training.checkpointing.checkpoint_every=2",
+        "training.logging.wandb.mode=disabled",
+    )
+    train(config, tmp_path / "run")
+    result = ev.evaluate_trial(tmp_path / "run", config, "val/psnr_fg", "max")
+    history = ev.validation_history(tmp_path / "run" / "metrics.jsonl", "val/psnr_fg")
+    assert set(history) == {2, 4}
+    assert result.protocol["checkpoint_step"] == max(history, key=lambda s: (history[s], -s))
+    assert result.protocol["checkpoint_objective_value"] == pytest.approx(
+        history[result.protocol["checkpoint_step"]]
+    )
+    table = pq.read_table(tmp_path / "run" / "eval" / "items.parquet")
+    assert table.schema.equals(ev.ITEMS_SCHEMA) and table.num_rows == 3 * 6
