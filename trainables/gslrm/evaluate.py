@@ -450,11 +450,19 @@ def evaluate_run(
 
 
 def evaluate_trial(
-    run_dir: str | Path, config: TrainerConfig, objective: str, mode: str
+    run_dir: str | Path,
+    config: TrainerConfig,
+    objective: str,
+    mode: str,
+    device: torch.device | str | None = None,
 ) -> EvalResult:
-    """The end-of-trial call for the Ray adapter: the study's objective picks `best`."""
+    """The end-of-trial call for the Ray adapter: the study's objective picks `best`.
+
+    Call it once per trial on rank 0 after training returned (the worker holds the GPU);
+    it writes run_dir/eval/ and returns what it wrote. Raises EvaluationError.
+    """
     ev = dataclasses.replace(config.evaluation, objective=objective, objective_mode=mode)
-    return evaluate_run(run_dir, dataclasses.replace(config, evaluation=ev))
+    return evaluate_run(run_dir, dataclasses.replace(config, evaluation=ev), device=device)
 
 
 __all__ = [
