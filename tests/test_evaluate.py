@@ -246,3 +246,11 @@ def test_end_of_trial_call_on_a_real_training_run(tmp_path, data) -> None:
     )
     table = pq.read_table(tmp_path / "run" / "eval" / "items.parquet")
     assert table.schema.equals(ev.ITEMS_SCHEMA) and table.num_rows == 3 * 6
+
+
+def test_analysis_compares_the_fields_the_evaluator_records() -> None:
+    from analysis import paired
+
+    assert paired.PROTOCOL_COMPARED_KEYS == ev.PROTOCOL_COMPARED_KEYS
+    assert set(paired.ITEM_FILE_COLUMNS) == set(ev.ITEM_COLUMNS)
+    assert set(paired.COMPARED_METRICS) <= set(ITEM_METRICS)
