@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import paired
 from analysis.compare import FactorComparison, analysis_set, varying_columns
 from analysis.importance import Importance
 from analysis.load import StudyInfo
@@ -151,7 +152,152 @@ def _difference_rows(comparison: FactorComparison) -> list[list[str]]:
     return rows
 
 
-def factor_section(comparison: FactorComparison, plot_name: str) -> str:
+def _verdict_rows(items: paired.FactorItemComparison) -> list[list[str]]:
+    rows = []
+    for role in paired.ROLES:
+        for metric in paired.COMPARED_METRICS:
+            c = items.get(metric, role)
+            r = c.result
+            interval = (
+                f"[{_item_number(metric, r.ci_low)}, {_item_number(metric, r.ci_high)}]"
+                if r.has_ci
+                else EMPTY_CELL
+            )
+            rows.append(
+                [
+                    role,
+                    f"`{metric}`",
+                    _item_number(metric, r.mean),
+                    interval,
+                    cell(r.p_positive, 2),
+                    cell(c.p_holm, 3),
+                    f"±{_item_number(metric, c.margin)}",
+                    c.verdict,
+                    f"{r.n_seeds} x {r.n_items} ({r.n_rows})",
+                ]
+            )
+    return rows
+
+
+def _item_number(metric: str, value: float) -> str:
+    return cell(float(value), 2 if metric in paired.METRIC_UNITS else 3)
+
+
+def _camera_rows(items: paired.FactorItemComparison) -> list[list[str]]:
+    rows = []
+    metric = paired.PRIMARY_METRIC
+    for _, row in items.per_camera.iterrows():
+        interval = EMPTY_CELL
+        if pd.notna(row["ci_low"]) and pd.notna(row["ci_high"]):
+            interval = (
+                f"[{_item_number(metric, row['ci_low'])}, {_item_number(metric, row['ci_high'])}]"
+            )
+        rows.append(
+            [
+                str(int(row["camera"])),
+                row["role"],
+                _item_number(metric, row["mean"]),
+                interval,
+                cell(row["p_positive"], 2),
+                str(int(row["n_items"])),
+            ]
+        )
+    return rows
+
+
+def item_level_section(items: paired.FactorItemComparison) -> str:
+    """The factor's item-level verdicts: all / input / novel views, and per rig camera."""
+    base, treat = items.factor.baseline.name, items.factor.treatment.name
+    headers = [
+        "views",
+        "metric",
+        f"{treat} − {base}",
+        "95% CI (bootstrap)",
+        f"P({treat} better)",
+        "Holm p",
+        "margin",
+        "verdict",
+        "seeds x items (item-views)",
+    ]
+    camera_headers = [
+        "camera",
+        "role",
+        f"`{paired.PRIMARY_METRIC}` {treat} − {base}",
+        "95% CI",
+        f"P({treat} better)",
+        "items",
+    ]
+    return "\n\n".join(
+        [
+            f"#### Item level ({items.n_trials} evaluated trials, {items.n_pairs} pair groups)",
+            f"**{items.sentence}**",
+            "Paired differences on the identical (item, view) set; intervals from a "
+            "hierarchical bootstrap (seeds, then items within a seed; views stay with their "
+            "item); Holm-corrected across the study's factors per metric and view role:",
+            table(headers, _verdict_rows(items)),
+            "Per rig camera (where on the uneven rig a level wins or loses):",
+            table(camera_headers, _camera_rows(items)),
+        ]
+    )
+
+
+def evaluation_section(evaluation: paired.StudyEvaluation | None) -> str:
+    """How the item-level evaluation was done (or why it was refused / is missing)."""
+    title = "## Evaluation protocol (item level)"
+    if evaluation is None or not evaluation.evaluated:
+        analysed = evaluation.n_analysed if evaluation else 0
+        return (
+            f"{title}\n\nNo analysed trial has an item-level evaluation "
+            f"(runs/<trial>/eval/items.parquet) yet; of {analysed} analysed trials, none can be "
+            "compared item by item. Run `python -m analysis.evaluate RUN_DIR` per run folder."
+        )
+    if evaluation.refusal:
+        return (
+            f"{title}\n\n**Item-level comparisons refused: {evaluation.refusal}.** Trials "
+            "evaluated under different protocols are never mixed; re-evaluate them with one "
+            "protocol (`python -m analysis.evaluate`)."
+        )
+    p = evaluation.protocol or {}
+    steps = sorted(set(evaluation.checkpoint_steps.values()), key=lambda v: (v is None, v))
+    missing = evaluation.n_analysed - len(evaluation.evaluated)
+    lines = [
+        title,
+        "",
+        f"{len(evaluation.evaluated)} of {evaluation.n_analysed} analysed trials evaluated"
+        + (
+            f" ({missing} without an evaluation are left out of item-level tables)"
+            if missing
+            else ""
+        )
+        + f" on the **{p.get('split', '?')} split** `{p.get('dataset_path', '?')}`: "
+        f"{p.get('n_items', '?')} items, {p.get('n_rows', '?')} item-views per trial "
+        f"(item-set hash `{str(p.get('item_set_hash', ''))[:12]}`).",
+        "",
+        f"Checkpoint rule **{p.get('checkpoint_rule')}**"
+        + (f" by `{p['checkpoint_objective']}`" if p.get("checkpoint_objective") else "")
+        + f" (steps evaluated: {', '.join(str(s) for s in steps)}); views {p.get('view_order')}; "
+        f"silhouettes: true = alpha > {p.get('gt_alpha_threshold')}, predicted = mean |render − "
+        f"background| > {p.get('pred_mask_threshold')}; image size {p.get('image_size')} px; "
+        f"metric definitions v{p.get('metrics_version')}.",
+        "",
+        "Equivalence margins: "
+        + ", ".join(f"`{k}` ±{v:g}" for k, v in evaluation.margins.items())
+        + " (`python -m analysis.report STUDY --margin psnr_fg=0.3` changes one). Verdicts: "
+        "better / worse (Holm-adjusted bootstrap p < 0.05), equivalent (the whole 95% "
+        "interval inside ± margin), inconclusive (neither).",
+    ]
+    if p.get("split") == "validation":
+        lines += [
+            "",
+            "Note: no test split was given, so trials were evaluated on the validation list "
+            "(which also chose `best` checkpoints).",
+        ]
+    return "\n".join(lines)
+
+
+def factor_section(
+    comparison: FactorComparison, plot_name: str, items: paired.FactorItemComparison | None = None
+) -> str:
     factor = comparison.factor
     base, treat = factor.baseline.name, factor.treatment.name
     keys = ", ".join(f"`{k}`" for k in factor.keys)
@@ -175,15 +321,24 @@ def factor_section(comparison: FactorComparison, plot_name: str) -> str:
             "Differences of final values (pairs: same seed and otherwise identical config):",
             table(diff_headers, _difference_rows(comparison)),
             f"![{factor.title}: final objective per level]({plot_name})",
+            *([item_level_section(items)] if items is not None else []),
         ]
     )
 
 
-def factors_section(comparisons: Sequence[FactorComparison], plot_names: Mapping[str, str]) -> str:
+def factors_section(
+    comparisons: Sequence[FactorComparison],
+    plot_names: Mapping[str, str],
+    evaluation: paired.StudyEvaluation | None = None,
+) -> str:
     parts = ["## Factor comparisons"]
     if not comparisons:
         parts.append("No factor has both of its levels among trials with a final objective value.")
-    parts += [factor_section(c, plot_names[c.factor.name]) for c in comparisons]
+    by_factor = {c.factor.name: c for c in (evaluation.comparisons if evaluation else ())}
+    parts += [
+        factor_section(c, plot_names[c.factor.name], by_factor.get(c.factor.name))
+        for c in comparisons
+    ]
     return "\n\n".join(parts)
 
 
@@ -196,6 +351,14 @@ def _flag_rows(trials: pd.DataFrame, max_steps: int | None) -> list[list[str]]:
             details.append(
                 f"final mask IoU {cell(row[final_column('val/mask_iou')], 3)} while train loss "
                 f"fell to {cell(row[final_column('train/loss')], 4)}"
+            )
+        covers = row.get("flag_mask_covers_image")
+        if covers is not None and not pd.isna(covers) and bool(covers):
+            flags.append("mask covers the image")
+            details.append(
+                f"predicted foreground {cell(row['eval/pred_fg_fraction'], 2)} of the image vs "
+                f"{cell(row['eval/gt_fg_fraction'], 3)} true; item mask IoU "
+                f"{cell(row['eval/mask_iou'], 3)}"
             )
         if row["flag_diverged"]:
             flags.append("diverged")
@@ -219,6 +382,9 @@ def flags_section(trials: pd.DataFrame, max_steps: int | None) -> str:
         return "## Flags\n\nNo trial flagged."
     counts = {
         "background collapse": int(trials["flag_background_collapse"].sum()),
+        "mask covers the image": int(
+            trials.get("flag_mask_covers_image", pd.Series(dtype="boolean")).fillna(False).sum()
+        ),
         "diverged": int(trials["flag_diverged"].sum()),
         "stopped early": int(trials["flag_stopped_early"].sum()),
         "errored": int((trials["status"] == "errored").sum()),
@@ -254,6 +420,8 @@ def files_section() -> str:
         "- [trials.parquet](trials.parquet): one row per trial; columns `final/<metric>`, "
         "`best/<metric>`, `best_step/<metric>`, dotted config keys, status and flags.\n"
         "- [curves.parquet](curves.parquet): one row per trial and reported step.\n"
+        "- [items.parquet](items.parquet): one row per evaluated trial x test item x view "
+        "(item-level metrics, see `trainables/gslrm/metrics.py`).\n"
         "- Column scheme: docstring of `analysis/tables.py`."
     )
 
@@ -265,13 +433,15 @@ def render_report(
     importance: Importance,
     plots: Mapping[str, str],
     factor_plots: Mapping[str, str],
+    evaluation: paired.StudyEvaluation | None = None,
 ) -> str:
     """The whole report.md text. ``plots``: title -> file name of every plot."""
     n_analysed = len(analysis_set(trials, study.objective))
     sections = [
         header_section(study, trials, n_analysed),
         best_trials_section(study, trials),
-        factors_section(comparisons, factor_plots),
+        evaluation_section(evaluation),
+        factors_section(comparisons, factor_plots, evaluation),
         flags_section(trials, study.max_steps),
         importance_section(importance),
         plots_section(plots),

@@ -291,7 +291,10 @@ def test_trials_parquet_round_trip_keeps_dtypes(clear_study: Path) -> None:
     path = clear_study / "report" / "trials.parquet"
     trials = pd.read_parquet(path)
     built, _ = load_tables(clear_study)
-    pd.testing.assert_frame_equal(trials, built)
+    # the report adds the item-level flag columns (empty here: no trial was evaluated)
+    item_columns = ["eval/pred_fg_fraction", "eval/gt_fg_fraction", "eval/mask_iou"]
+    item_columns.append("flag_mask_covers_image")
+    pd.testing.assert_frame_equal(trials.drop(columns=item_columns), built)
     schema = pq.read_schema(path)
 
     def arrow(name: str) -> pa.DataType:
@@ -762,3 +765,158 @@ def test_factor_of_two_keys_has_a_level_only_where_they_agree():
         }
     )
     assert list(level_labels(trials, factor)) == ["on", "off", None, None]
+
+
+# ---------------------------------------------------------------- item-level evaluation
+
+ITEM_METRIC_NAMES = (
+    "psnr",
+    "psnr_fg",
+    "psnr_int",
+    "ssim_fg",
+    "mask_iou",
+    "coverage",
+    "pred_fg_fraction",
+    "gt_fg_fraction",
+)
+N_ITEMS = 8
+
+
+def eval_protocol(**changes: Any) -> dict[str, Any]:
+    protocol = {
+        "metrics_version": 1,
+        "item_set_hash": "ab" * 32,
+        "checkpoint_rule": "last",
+        "checkpoint_objective": None,
+        "pred_mask_threshold": 0.1,
+        "gt_alpha_threshold": 0.5,
+        "image_size": 64,
+        "background_color": "white",
+        "view_order": "rig: inputs cameras 0-4, targets 0-5",
+        "checkpoint_step": MAX_STEPS,
+        "split": "test",
+        "dataset_path": "/data/mice/data_test.txt",
+        "n_items": N_ITEMS,
+        "n_rows": N_ITEMS * 6,
+    }
+    protocol.update(changes)
+    return protocol
+
+
+def write_eval(
+    study_dir: Path,
+    trial_id: str,
+    psnr_fg: np.ndarray,
+    *,
+    pred_fraction: float = 0.06,
+    protocol: dict[str, Any] | None = None,
+) -> None:
+    """runs/<trial>/eval/ as trainables.gslrm.evaluate writes it: psnr_fg [items, 6 views]."""
+    folder = study_dir / "runs" / trial_id / "eval"
+    folder.mkdir(parents=True)
+    n_items, n_views = psnr_fg.shape
+    item, camera = np.meshgrid(range(n_items), range(n_views), indexing="ij")
+    columns = {
+        "item_id": pa.array([f"test_{i:06d}" for i in item.ravel()], pa.string()),
+        "item_index": pa.array(item.ravel(), pa.int32()),
+        "camera": pa.array(camera.ravel(), pa.int16()),
+        "role": pa.array(["input" if c < 5 else "novel" for c in camera.ravel()], pa.string()),
+    }
+    values = {name: np.full(n_items * n_views, 0.5) for name in ITEM_METRIC_NAMES}
+    values.update(psnr_fg=psnr_fg.ravel(), psnr=psnr_fg.ravel() + 10, psnr_int=psnr_fg.ravel())
+    values.update(pred_fg_fraction=np.full(n_items * n_views, pred_fraction))
+    values.update(gt_fg_fraction=np.full(n_items * n_views, 0.05))
+    columns.update({name: pa.array(values[name], pa.float64()) for name in ITEM_METRIC_NAMES})
+    pq.write_table(pa.table(columns), folder / "items.parquet")
+    (folder / "protocol.json").write_text(json.dumps(protocol or eval_protocol()))
+
+
+def item_study(tmp_path: Path, eval_changes: dict[int, dict[str, Any]] | None = None) -> Path:
+    """3 seed pairs; on every test item, mouse beats random by 1 dB +- item noise."""
+    study_dir = write_study(tmp_path)
+    add_pairs(study_dir, RANDOM_FG, MOUSE_FG)
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        base = 20 + rng.normal(0, 1.0, (N_ITEMS, 1)) + rng.normal(0, 0.3, (N_ITEMS, 6))
+        write_eval(study_dir, f"r{seed:04d}_00000", base)
+        mouse = base + 1.0 + rng.normal(0, 0.2, (N_ITEMS, 6))
+        write_eval(study_dir, f"m{seed:04d}_00000", mouse, **(eval_changes or {}).get(seed, {}))
+    return study_dir
+
+
+def test_report_gathers_items_and_adds_item_level_sections(tmp_path: Path) -> None:
+    study_dir = item_study(tmp_path)
+    text = write_report(study_dir).read_text()
+    items = pq.read_table(study_dir / "report" / "items.parquet")
+    assert items.num_rows == 6 * N_ITEMS * 6  # 6 evaluated trials x items x views
+    frame = items.to_pandas()
+    assert str(frame["camera"].dtype) == "int16" and str(frame["seed"].dtype) == "Int64"
+    assert set(frame["trial_id"]) == {f"{k}{s:04d}_00000" for k in "rm" for s in (1, 2, 3)}
+    assert frame.groupby("trial_id").size().eq(N_ITEMS * 6).all()
+    assert "## Evaluation protocol (item level)" in text
+    assert "6 of 6 analysed trials evaluated on the **test split**" in text
+    section = text.split("### Dataset type", 1)[1]
+    # the seed-level tables stay, the item-level ones follow
+    assert "Differences of final values" in section and "#### Item level" in section
+    sentence = section.split("#### Item level", 1)[1].split("**", 2)[1]
+    assert sentence.startswith(
+        "Item level: Fixed rig order (mouse) beats random on foreground PSNR"
+    )
+    assert f"3 seeds x {N_ITEMS} items ({3 * N_ITEMS * 6} paired item-views)" in sentence
+    assert "Per rig camera" in section and "| 5 | novel |" in section
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
+    assert str(trials["flag_mask_covers_image"].dtype) == "boolean"
+    assert not trials["flag_mask_covers_image"].any()
+
+
+def test_different_item_sets_are_refused_by_name(tmp_path: Path) -> None:
+    other = {2: {"protocol": eval_protocol(item_set_hash="cd" * 32)}}
+    study_dir = item_study(tmp_path, other)
+    text = write_report(study_dir).read_text()
+    assert (
+        "Item-level comparisons refused: trial m0002_00000 was evaluated on a different item "
+        "set (hash cdcdcdcdcdcd..., trial m0001_00000: abababababab...)" in text
+    )
+    assert "#### Item level" not in text
+    assert "Differences of final values" in text  # the seed-level analysis still stands
+
+
+def test_different_checkpoint_rules_are_refused_by_name(tmp_path: Path) -> None:
+    other = {
+        3: {"protocol": eval_protocol(checkpoint_rule="best", checkpoint_objective="val/psnr_fg")}
+    }
+    text = write_report(item_study(tmp_path, other)).read_text()
+    assert "trial m0003_00000 was evaluated on a different checkpoint rule ('best', trial " in text
+
+
+def test_mask_covering_the_image_is_flagged_next_to_background_collapse(tmp_path: Path) -> None:
+    study_dir = item_study(tmp_path, {1: {"pred_fraction": 0.97}})
+    text = write_report(study_dir).read_text()
+    flags = text.split("## Flags", 1)[1].split("\n## ", 1)[0]
+    assert "0 background collapse, 1 mask covers the image" in flags
+    assert "| `m0001_00000` | finished | mask covers the image | predicted foreground 0.97" in flags
+    trials = pd.read_parquet(study_dir / "report" / "trials.parquet").set_index("trial_id")
+    assert bool(trials.loc["m0001_00000", "flag_mask_covers_image"])
+    assert trials.loc["m0001_00000", "eval/pred_fg_fraction"] == pytest.approx(0.97)
+
+
+def test_study_without_evaluations_says_so_and_writes_an_empty_typed_items_file(
+    clear_study: Path,
+) -> None:
+    text = (clear_study / "report" / "report.md").read_text()
+    assert "No analysed trial has an item-level evaluation" in text
+    items = pd.read_parquet(clear_study / "report" / "items.parquet")
+    assert len(items) == 0 and "psnr_fg" in items.columns
+    trials = pd.read_parquet(clear_study / "report" / "trials.parquet")
+    assert trials["flag_mask_covers_image"].isna().all()
+
+
+def test_margin_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study_dir = item_study(tmp_path)
+    assert main([str(study_dir), "--margin", "psnr_fg=5"]) == 0
+    text = (study_dir / "report" / "report.md").read_text()
+    assert "`psnr_fg` ±5" in text
+    assert "are equivalent on foreground PSNR within ±5.00 dB" in text  # a 1 dB gain is < 5
+    with pytest.raises(SystemExit) as info:
+        main([str(study_dir), "--margin", "lpips=0.1"])
+    assert info.value.code == 2 and "unknown metric 'lpips'" in capsys.readouterr().err

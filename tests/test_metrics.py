@@ -13,7 +13,7 @@ from trainables.gslrm.metrics import compute_metrics, lpips_available, mask_iou,
 # pytorch_msssim warns when an image is smaller than its 11 px window (tiny test images)
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")
 
-BASE_KEYS = {"psnr", "psnr_fg", "ssim", "mask_iou"}
+BASE_KEYS = {"psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage", "ssim", "mask_iou"}
 
 
 def test_psnr_from_mse() -> None:
@@ -129,6 +129,20 @@ def test_no_lpips_key_when_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(isinstance(value, float) for value in out.values())
 
 
+def test_validation_means_are_the_per_view_definitions() -> None:
+    """compute_metrics' view means equal the nan-skipping means of item_view_metrics."""
+    torch.manual_seed(4)
+    render = torch.rand(2, 3, 3, 16, 16)
+    target = torch.rand(2, 3, 3, 16, 16)
+    alpha = (torch.rand(2, 3, 1, 16, 16) > 0.6).float()
+    alpha[1, 2] = 0.0  # one view without foreground: skipped, not zero
+    out = compute_metrics(render, target, alpha, torch.ones(3), 0.1)
+    per_view = metrics.item_view_metrics(render, target, alpha, torch.ones(3), 0.1)
+    for name in ("psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage"):
+        assert out[name] == pytest.approx(float(torch.nanmean(per_view[name])), abs=1e-5), name
+    assert out["psnr_fg"] != pytest.approx(float(per_view["psnr_fg"].nan_to_num(0).mean()))
+
+
 def test_lpips_key_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[torch.Tensor] = []
 
@@ -192,3 +206,107 @@ def test_no_gradients_and_bad_shapes() -> None:
         compute_metrics(render, target, torch.ones(1, 1, 1, 4, 4), torch.ones(2, 3), 0.1)
     with pytest.raises(ValueError):
         compute_metrics(render[0], target[0], torch.ones(1, 1, 4, 4), torch.ones(3), 0.1)
+
+
+# ----------------------------------------------------------------------------- per (item, view)
+
+
+def _two_by_two_scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4x4 white image; GT mouse = top-left 2x2 at grey 0.5; the render paints (0,0), (0,1),
+    (0,2) at 0.4 (|0.4 - 1| > 0.1: predicted foreground) and leaves the rest white."""
+    target = torch.ones(1, 1, 3, 4, 4)
+    target[..., :2, :2] = 0.5
+    alpha = torch.zeros(1, 1, 1, 4, 4)
+    alpha[..., :2, :2] = 1.0
+    render = torch.ones(1, 1, 3, 4, 4)
+    render[..., 0, :3] = 0.4
+    return render, target, alpha
+
+
+def test_item_view_metrics_hand_computed() -> None:
+    render, target, alpha = _two_by_two_scene()
+    out = metrics.item_view_metrics(render, target, alpha, torch.ones(3))
+    assert set(out) == set(metrics.ITEM_METRICS)
+    assert all(v.shape == (1, 1) and v.dtype == torch.float64 for v in out.values())
+    value = {k: float(v[0, 0]) for k, v in out.items()}
+    # squared error per channel: (0,0), (0,1): 0.01; (1,0), (1,1): 0.25; (0,2): 0.36
+    assert value["psnr"] == pytest.approx(-10 * math.log10((2 * 0.01 + 2 * 0.25 + 0.36) / 16), 1e-5)
+    assert value["psnr_fg"] == pytest.approx(-10 * math.log10((2 * 0.01 + 2 * 0.25) / 4), 1e-5)
+    assert value["psnr_int"] == pytest.approx(20.0, 1e-5)  # only (0,0), (0,1): MSE 0.01
+    assert value["mask_iou"] == pytest.approx(2 / 5)
+    assert value["coverage"] == pytest.approx(2 / 4)
+    assert value["pred_fg_fraction"] == pytest.approx(3 / 16)
+    assert value["gt_fg_fraction"] == pytest.approx(4 / 16)
+
+
+def test_item_view_metrics_empty_ground_truth_is_nan_not_zero() -> None:
+    render, target, _ = _two_by_two_scene()
+    no_fg = torch.zeros(1, 1, 1, 4, 4)
+    out = {
+        k: float(v) for k, v in metrics.item_view_metrics(render, target, no_fg, [1, 1, 1]).items()
+    }
+    for name in ("psnr_fg", "psnr_int", "ssim_fg", "coverage"):
+        assert math.isnan(out[name]), name  # no foreground to score
+    assert out["mask_iou"] == 0.0  # 3 predicted pixels, none true: a real 0
+    assert out["gt_fg_fraction"] == 0.0 and math.isfinite(out["psnr"])
+    # nothing true and nothing predicted: IoU is 0 / 0
+    both_empty = metrics.item_view_metrics(torch.ones_like(render), target, no_fg, [1, 1, 1])
+    assert math.isnan(float(both_empty["mask_iou"]))
+
+
+def test_item_view_metrics_empty_prediction() -> None:
+    _, target, alpha = _two_by_two_scene()
+    white = torch.ones_like(target)
+    out = {
+        k: float(v) for k, v in metrics.item_view_metrics(white, target, alpha, [1, 1, 1]).items()
+    }
+    assert math.isnan(out["psnr_int"])  # no pixel is foreground in both
+    assert out["mask_iou"] == 0.0 and out["coverage"] == 0.0 and out["pred_fg_fraction"] == 0.0
+    assert out["psnr_fg"] == pytest.approx(-10 * math.log10(0.25), 1e-5)  # 0.5 off on all 4
+
+
+def test_item_view_metrics_prediction_covering_the_image() -> None:
+    _, target, alpha = _two_by_two_scene()
+    black = torch.zeros_like(target)
+    out = {
+        k: float(v) for k, v in metrics.item_view_metrics(black, target, alpha, [1, 1, 1]).items()
+    }
+    assert out["pred_fg_fraction"] == 1.0 and out["coverage"] == 1.0
+    assert out["mask_iou"] == pytest.approx(out["gt_fg_fraction"]) == pytest.approx(0.25)
+    assert out["psnr_int"] == pytest.approx(out["psnr_fg"])
+    assert out["psnr_fg"] == pytest.approx(-10 * math.log10(0.25), 1e-5)
+    # whole-image PSNR: 12 white pixels off by 1, 4 grey ones by 0.5
+    assert out["psnr"] == pytest.approx(-10 * math.log10((12 + 4 * 0.25) / 16), 1e-5)
+
+
+def test_ssim_fg_ignores_background_far_from_the_mouse() -> None:
+    torch.manual_seed(0)
+    target = torch.rand(1, 1, 3, 32, 32)
+    alpha = torch.zeros(1, 1, 1, 32, 32)
+    alpha[..., 14:18, 14:18] = 1.0
+    render = target.clone()
+    render[..., :3, :] = torch.rand(3, 3, 32)  # rows 0-2: > 5 px from every fg window
+    out = metrics.item_view_metrics(render, target, alpha, [1, 1, 1])
+    assert float(out["ssim_fg"]) == pytest.approx(1.0, abs=1e-5)
+    assert metrics.mean_ssim(render[0:1], target[0:1]) < 0.999  # the whole image did change
+    render[..., 15, 15] = 1.0 - target[..., 15, 15]  # one fg pixel wrong
+    assert float(metrics.item_view_metrics(render, target, alpha, [1, 1, 1])["ssim_fg"]) < 0.99
+
+
+def test_item_view_metrics_are_per_view_and_batch_invariant() -> None:
+    torch.manual_seed(2)
+    render = torch.rand(3, 2, 3, 16, 16)
+    target = torch.rand(3, 2, 3, 16, 16)
+    alpha = (torch.rand(3, 2, 1, 16, 16) > 0.7).float()
+    background = torch.rand(3, 3)
+    together = metrics.item_view_metrics(render, target, alpha, background, 0.2)
+    for b in range(3):
+        alone = metrics.item_view_metrics(
+            render[b : b + 1], target[b : b + 1], alpha[b : b + 1], background[b], 0.2
+        )
+        for name in metrics.ITEM_METRICS:
+            torch.testing.assert_close(together[name][b : b + 1], alone[name], equal_nan=True)
+    assert not torch.equal(together["psnr_fg"][:, 0], together["psnr_fg"][:, 1])
+    # a higher predicted-mask threshold never predicts more foreground
+    strict = metrics.item_view_metrics(render, target, alpha, background, 0.5)
+    assert (strict["pred_fg_fraction"] <= together["pred_fg_fraction"]).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -332,3 +333,89 @@ def test_cli_and_contact_sheet(tmp_path: Path) -> None:
     with Image.open(sheet) as im:
         assert im.mode == "RGB"
         assert im.size == (6 * 16 + 5 * 2, 2 * 16 + 2)
+
+
+# ----------------------------------------------------------------------------- test split
+
+# sha256 over (path, decoded pixels or file bytes) of samples=3, size=16, mouse6, seed 0, taken
+# with the generator before test splits existed: the existing flags' output must not change.
+PINNED_DATASET_DIGEST = "011b8eb047a6f68b8c929765fc5ef0c0376c3fc342657e41f86b758258a8171b"
+
+
+def _content_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
+    digest = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if not p.is_file() or p.name in (syn.META_NAME, ".generate.lock") or rel.startswith(skip):
+            continue
+        digest.update(rel.encode())
+        if p.suffix == ".png":
+            with Image.open(p) as im:
+                digest.update(np.asarray(im).tobytes())
+        else:
+            digest.update(p.read_bytes())
+    return digest.hexdigest()
+
+
+def test_existing_flags_output_is_pinned(tmp_path: Path) -> None:
+    syn.generate_dataset(tmp_path, samples=3, size=16, rig="mouse6", seed=0)
+    assert _content_digest(tmp_path) == PINNED_DATASET_DIGEST
+    assert not (tmp_path / syn.TEST_LIST).exists() and not (tmp_path / syn.TEST_DIR).exists()
+    params = json.loads((tmp_path / syn.META_NAME).read_text())["params"]
+    assert "test_samples" not in params  # the cache record of older datasets still matches
+
+
+def test_test_split_is_disjoint_and_leaves_train_and_val_as_they_were(tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    summary = syn.generate_dataset(root, samples=3, size=16, seed=0, test_samples=2)
+    # train / val files are those of the same flags without a test split
+    assert _content_digest(root, skip=(syn.TEST_LIST, syn.TEST_DIR)) == PINNED_DATASET_DIGEST
+    test_lines = (root / syn.TEST_LIST).read_text().splitlines()
+    assert test_lines == ["test_samples/000000", "test_samples/000001"]
+    assert summary["num_test"] == 2 and summary["test_list"] == str(root / syn.TEST_LIST)
+    train_val = _sample_dirs(root)
+    ids = {json.loads((d / "opencv_cameras.json").read_text())["id"] for d in train_val}
+    for line in test_lines:
+        folder = root / line
+        assert json.loads((folder / "opencv_cameras.json").read_text())["id"] not in ids
+        # a different mouse from every train / val sample (not a copy under a new name)
+        pixels = _rgba(folder, _frames(folder)[0])
+        for other in train_val:
+            assert not np.array_equal(pixels, _rgba(other, _frames(other)[0]))
+    # the same test mice whatever the number of train / val samples
+    syn.generate_dataset(tmp_path / "b", samples=5, size=16, seed=0, test_samples=2)
+    assert _all_bytes(root / syn.TEST_DIR) == _all_bytes(tmp_path / "b" / syn.TEST_DIR)
+    # cached on a second call; dropping the test split removes it
+    assert syn.generate_dataset(root, samples=3, size=16, seed=0, test_samples=2)["cached"]
+    syn.generate_dataset(root, samples=3, size=16, seed=0)
+    assert not (root / syn.TEST_LIST).exists() and not list((root / syn.TEST_DIR).iterdir())
+    assert _content_digest(root, skip=(syn.TEST_DIR,)) == PINNED_DATASET_DIGEST
+
+
+def test_cli_help_names_the_module_every_flag_and_the_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        syn.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m trainables.gslrm.data.synthetic")
+    flags = [a for a in syn.build_parser()._actions if a.option_strings != ["-h", "--help"]]
+    assert {a.option_strings[0] for a in flags} >= {"--samples", "--size", "--test-samples"}
+    for action in flags:
+        assert action.help, action.option_strings
+        assert " ".join(action.help.split()[:3]) in " ".join(text.split())
+    for name in (syn.TRAIN_LIST, syn.VAL_LIST, syn.TEST_LIST, "opencv_cameras.json"):
+        assert name in text
+
+
+def test_cli_refuses_bad_sizes_before_writing(tmp_path: Path, capsys) -> None:
+    for flags in (["--samples", "0"], ["--samples", "2", "--test-samples", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            syn.main(["--out", str(tmp_path / "ds"), "--size", "16", *flags])
+        assert exit_info.value.code == 2
+        assert "must be >=" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+    rc = syn.main(["--out", str(tmp_path / "ds"), "--samples", "2", "--size", "8",
+                   "--test-samples", "1"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "ds" / syn.TEST_LIST).read_text() == "test_samples/000000\n"

@@ -202,11 +202,27 @@ class ValidationConfig:
 
 
 @dataclass
+class EvaluationConfig:  # (ours) the held-out evaluation protocol, see trainables/gslrm/evaluate.py
+    # FaceLift list file of the test split; "" = data_test.txt beside the training list when it
+    # exists, else the validation list (the protocol record says which one was used).
+    dataset_path: str = ""
+    checkpoint: str = "best"  # best (by the validation objective) | last
+    objective: str = "val/psnr_fg"  # validation metric that picks the `best` checkpoint
+    objective_mode: str = "max"  # max | min
+    batch_size: int = 4
+    # Silhouettes: predicted = mean_c |render - background| > pred_mask_threshold,
+    # true = alpha > gt_alpha_threshold. Fixed per study so every trial is scored alike.
+    pred_mask_threshold: float = 0.1
+    gt_alpha_threshold: float = 0.5
+
+
+@dataclass
 class TrainerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     mouse: MouseConfig = field(default_factory=MouseConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,3 +552,21 @@ def validate(config: TrainerConfig) -> None:
     _check(val.val_every >= 1, "validation.val_every", "must be >= 1")
     _check(0 < val.mask_iou_threshold < 1, "validation.mask_iou_threshold", "must be in (0, 1)")
     _check(val.max_items >= 1, "validation.max_items", "must be >= 1")
+    _validate_evaluation(config.evaluation)
+
+
+def _validate_evaluation(ev: EvaluationConfig) -> None:
+    _check(
+        ev.checkpoint in ("best", "last"),
+        "evaluation.checkpoint",
+        "must be best (the checkpoint with the best validation objective) or last",
+    )
+    _check(
+        ev.objective.startswith("val/"),
+        "evaluation.objective",
+        f"must be a validation metric such as val/psnr_fg, got {ev.objective!r}",
+    )
+    _check(ev.objective_mode in ("max", "min"), "evaluation.objective_mode", "must be max or min")
+    _check(ev.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
+    _check(0 < ev.pred_mask_threshold < 1, "evaluation.pred_mask_threshold", "must be in (0, 1)")
+    _check(0 < ev.gt_alpha_threshold < 1, "evaluation.gt_alpha_threshold", "must be in (0, 1)")

@@ -15,6 +15,24 @@ Conventions a caller must know:
   skimage SSIM the reference used, so absolute values differ slightly from its logs.
 - `lpips` is present only when the `lpips` package and all its VGG weights are
   already on disk; nothing is ever downloaded and no placeholder value is returned.
+
+Per (item, view) metrics for the evaluation protocol (`item_view_metrics`, one value per
+view, never pooled; FaceLift fork's "fair eval" names in brackets):
+    gt  = alpha > gt_threshold (0.5)             [H, W] bool, the true silhouette
+    pred = mean_c |render - background| > t (0.1) [H, W] bool, the rendered silhouette
+    psnr             -10 log10 mean_{pixels, channels} (r - t)^2           [PSNR_wh]
+    psnr_fg          same mean over gt pixels only                         [PSNR_gt]
+    psnr_int         same mean over gt AND pred pixels                     [PSNR_int]
+    ssim_fg          SSIM map (window 11, sigma 1.5, valid) averaged over gt window centres
+    mask_iou         |gt AND pred| / |gt OR pred|
+    coverage         |gt AND pred| / |gt|
+    pred_fg_fraction |pred| / (H W);  gt_fg_fraction |gt| / (H W)
+Undefined cases are NaN, never 0 or inf, and each has one reason:
+    empty gt          -> psnr_fg, psnr_int, ssim_fg, coverage NaN (no foreground to score);
+                         mask_iou NaN too when pred is also empty (0 / 0), else 0
+    empty pred        -> psnr_int NaN (no shared pixels); mask_iou = coverage = 0
+    pred covers image -> all defined: coverage 1, mask_iou = gt_fg_fraction, psnr_int = psnr_fg
+A perfect render (MSE 0) is capped at 100 dB, as everywhere in this module.
 """
 
 from __future__ import annotations
@@ -41,6 +59,23 @@ SSIM_WIN_SIGMA = 1.5
 _LPIPS_LINEAR_WEIGHTS = Path("weights") / "v0.1" / "vgg.pth"
 _TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
 _lpips_models: dict[str, torch.nn.Module] = {}
+
+# Bump when a definition in item_view_metrics changes: evaluations with different versions
+# are never compared (the protocol record carries it).
+METRICS_VERSION = 1
+# Default predicted-silhouette threshold of the evaluation (FaceLift's validation value).
+PRED_MASK_THRESHOLD = 0.1
+# The per-(item, view) metric names, in the column order of items.parquet.
+ITEM_METRICS = (
+    "psnr",
+    "psnr_fg",
+    "psnr_int",
+    "ssim_fg",
+    "mask_iou",
+    "coverage",
+    "pred_fg_fraction",
+    "gt_fg_fraction",
+)
 
 
 def psnr_from_mse(mse: Tensor | float) -> Tensor | float:
@@ -184,6 +219,12 @@ def mean_lpips(render: Tensor, target: Tensor) -> float:
     return float(model(flat_r, flat_t).mean())
 
 
+def _view_mean(values: Tensor) -> float:
+    """Mean over the finite entries of [B, V] per-view values; NaN when none is finite."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else float("nan")
+
+
 def compute_metrics(
     render: Tensor,
     target: Tensor,
@@ -195,9 +236,11 @@ def compute_metrics(
 
     render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W];
     background: [3] or [B, 3]. The render is clamped to [0, 1].
-    Returns `psnr`, `psnr_fg` (NaN when no view has foreground), `ssim`, `mask_iou`,
-    and `lpips` only when lpips_available(). psnr / psnr_fg / ssim are means over
-    views; mask_iou is pooled over the batch's views.
+    Returns `psnr`, `psnr_fg`, `psnr_int`, `ssim_fg`, `coverage` (means over the views where
+    each is defined: the per-view values of item_view_metrics, so validation and the
+    evaluation protocol share one definition; NaN when no view defines it), `ssim`
+    (full-image), `mask_iou` (pooled over the batch's views) and `lpips` only when
+    lpips_available().
     """
     check_image_shapes(render, target, target_alpha)
     with torch.no_grad():
@@ -205,12 +248,89 @@ def compute_metrics(
         render = render.detach().float().clamp(0.0, 1.0)
         target = target.detach().float()
         target_alpha = target_alpha.detach().float()
+        per_view = item_view_metrics(render, target, target_alpha, background, mask_iou_threshold)
         metrics = {
-            "psnr": float(per_view_psnr(render, target).mean()),
-            "psnr_fg": foreground_psnr(render, target, target_alpha),
-            "ssim": mean_ssim(render, target),
-            "mask_iou": float(mask_iou(render, target_alpha, background, mask_iou_threshold)),
+            name: _view_mean(per_view[name])
+            for name in ("psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage")
         }
+        metrics["ssim"] = mean_ssim(render, target)
+        metrics["mask_iou"] = float(mask_iou(render, target_alpha, background, mask_iou_threshold))
         if lpips_available():
             metrics["lpips"] = mean_lpips(render, target)
     return metrics
+
+
+def _masked_psnr(sq_err: Tensor, mask: Tensor) -> Tensor:
+    """PSNR over the pixels of `mask`, per view: [N, 3, H, W], [N, 1, H, W] -> [N].
+
+    MSE = sum over mask pixels and channels of sq_err / (3 |mask|); NaN where |mask| = 0.
+    """
+    weights = mask.to(sq_err.dtype)
+    sse = (sq_err * weights).flatten(1).sum(dim=1)
+    count = weights.flatten(1).sum(dim=1) * sq_err.shape[1]
+    psnr = psnr_from_mse(sse / count.clamp_min(1.0))
+    return torch.where(count > 0, psnr, torch.full_like(psnr, float("nan")))
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator as float, NaN where the denominator is 0: [N] -> [N]."""
+    num, den = numerator.double(), denominator.double()
+    return torch.where(den > 0, num / den.clamp_min(1.0), torch.full_like(num, float("nan")))
+
+
+def foreground_ssim(render: Tensor, target: Tensor, gt: Tensor) -> Tensor:
+    """SSIM averaged over ground-truth foreground window centres, per view.
+
+    render, target: [N, 3, H, W]; gt: [N, 1, H, W] bool -> [N]. The SSIM map is the one the
+    masked SSIM loss uses (pytorch_msssim's window, valid padding), so map pixel (i, j) scores
+    the window centred on image pixel (i + 5, j + 5); foreground within 5 px of the border has
+    no window and does not count. NaN where no foreground window centre is left.
+    """
+    from trainables.gslrm.losses import crop_to_ssim_map, ssim_map  # losses imports this module
+
+    weights = crop_to_ssim_map(gt.to(render.dtype))
+    values = ssim_map(render, target)
+    total = (values * weights).flatten(1).sum(dim=1)
+    return _ratio(total, weights.flatten(1).sum(dim=1)).to(render.dtype)
+
+
+def item_view_metrics(
+    render: Tensor,
+    target: Tensor,
+    target_alpha: Tensor,
+    background: Tensor | Sequence[float],
+    pred_threshold: float = PRED_MASK_THRESHOLD,
+    gt_threshold: float = GT_ALPHA_THRESHOLD,
+) -> dict[str, Tensor]:
+    """Every ITEM_METRICS value of every (item, view): {name: [B, V] float64 tensor}.
+
+    render, target: [B, V, 3, H, W] in [0, 1] (render clamped here); target_alpha:
+    [B, V, 1, H, W]; background: [3] or [B, 3]. Definitions and the NaN cases are in the
+    module docstring. Computed in float32 without gradients; returned on the CPU.
+    """
+    check_image_shapes(render, target, target_alpha)
+    batch, views = render.shape[:2]
+    with torch.no_grad():
+        render = render.detach().float().clamp(0.0, 1.0)
+        target = target.detach().float()
+        bg = background_tensor(background, batch, render.device, render.dtype)
+        pred = predicted_mask(render, bg, pred_threshold).flatten(0, 1)
+        gt = (target_alpha.detach().float() > gt_threshold).flatten(0, 1)
+        flat_r, flat_t = render.flatten(0, 1), target.flatten(0, 1)
+        sq_err = (flat_r - flat_t).pow(2)
+        pixels = float(gt[0].numel()) if gt.numel() else 1.0
+        n_gt = gt.flatten(1).sum(dim=1)
+        n_pred = pred.flatten(1).sum(dim=1)
+        inter = (gt & pred).flatten(1).sum(dim=1)
+        union = (gt | pred).flatten(1).sum(dim=1)
+        values = {
+            "psnr": psnr_from_mse(sq_err.flatten(1).mean(dim=1)),
+            "psnr_fg": _masked_psnr(sq_err, gt),
+            "psnr_int": _masked_psnr(sq_err, gt & pred),
+            "ssim_fg": foreground_ssim(flat_r, flat_t, gt),
+            "mask_iou": _ratio(inter, union),
+            "coverage": _ratio(inter, n_gt),
+            "pred_fg_fraction": n_pred.double() / pixels,
+            "gt_fg_fraction": n_gt.double() / pixels,
+        }
+    return {name: values[name].double().cpu().view(batch, views) for name in ITEM_METRICS}

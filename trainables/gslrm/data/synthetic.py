@@ -47,14 +47,20 @@ Rigs (figures at 512 px; intrinsics are scaled by size / 512, images are square)
 
 Output (what downstream readers rely on)
     DIR/data_train.txt, DIR/data_val.txt   sample folders relative to DIR, one a line
+    DIR/data_test.txt                      held-out test split (only with --test-samples > 0)
     DIR/samples/NNNNNN/opencv_cameras.json {"id", "frames": [{w, h, fx, fy, cx, cy,
                                             w2c (4x4 row-major, OpenCV), file_path}]}
     DIR/samples/NNNNNN/images/cam_XX.png   RGBA, 8 bit
+    DIR/test_samples/NNNNNN/...            the test samples, same layout, ids test_NNNNNN
     DIR/synthetic_meta.json                generation parameters and summary stats
+
+Test split: the test mice come from their own random stream (seed, index, TEST_STREAM), so
+they differ from every train / val mouse whatever --samples is, and asking for a test split
+leaves the train / val files of the same other flags byte for byte as they were.
 
 Usage
     python -m trainables.gslrm.data.synthetic --out DIR --samples N --size PX \\
-        --rig mouse6|turntable6 --seed S [--val-fraction F] [--contact-sheet PNG]
+        --rig mouse6|turntable6 --seed S [--val-fraction F] [--test-samples T] [--contact-sheet PNG]
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ import os
 import re
 import shutil
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -90,6 +97,10 @@ RIGS = ("mouse6", "turntable6")
 META_NAME = "synthetic_meta.json"
 TRAIN_LIST = "data_train.txt"
 VAL_LIST = "data_val.txt"
+TEST_LIST = "data_test.txt"
+TEST_DIR = "test_samples"
+# Third word of the test samples' seed sequence: train / val mice use (seed, index) only.
+TEST_STREAM = 1
 
 # Materials: the primitive's `material` indexes this list.
 FUR, SKIN, EYE = 0, 1, 2
@@ -398,6 +409,11 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index)])
 
 
+def test_sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of test sample `index`: a stream no train / val sample uses."""
+    return np.random.default_rng([int(seed), int(index), TEST_STREAM])
+
+
 # ----------------------------------------------------------------------------- ray casting
 
 
@@ -624,6 +640,15 @@ class SyntheticConfig:
     val_fraction: float = 0.2
     supersample: int = SUPERSAMPLE
     version: int = GENERATOR_VERSION
+    test_samples: int = 0
+
+    def params(self) -> dict:
+        """The meta file's parameter record; without a test split it is the pre-split record,
+        so datasets generated before test splits existed are still recognised as cached."""
+        params = asdict(self)
+        if not self.test_samples:
+            del params["test_samples"]
+        return params
 
 
 def val_count(samples: int, val_fraction: float) -> int:
@@ -718,7 +743,7 @@ def _summary(
 ) -> dict:
     flat = np.asarray(fractions, dtype=np.float64).reshape(-1)
     n_val = val_count(cfg.samples, cfg.val_fraction)
-    return {
+    summary = {
         "out_dir": str(out_dir),
         "train_list": str(out_dir / TRAIN_LIST),
         "val_list": str(out_dir / VAL_LIST),
@@ -731,6 +756,12 @@ def _summary(
         "seconds": seconds,
         "cached": cached,
     }
+    if cfg.test_samples:
+        summary.update(test_list=str(out_dir / TEST_LIST), num_test=cfg.test_samples)
+    return summary
+
+
+_PATH_KEYS = ("out_dir", "train_list", "val_list", "test_list")
 
 
 def generate_dataset(
@@ -740,10 +771,14 @@ def generate_dataset(
     rig: str = "mouse6",
     seed: int = 0,
     val_fraction: float = 0.2,
+    test_samples: int = 0,
 ) -> dict:
     """Generate (or reuse) a synthetic mouse dataset in `out_dir`.
 
+    `test_samples` > 0 also writes a held-out test split (data_test.txt, test_samples/) of
+    that many samples, disjoint from train and val (see the module docstring).
     Returns a summary dict: train_list / val_list (absolute paths), num_train, num_val,
+    test_list and num_test (only with a test split),
     mean_foreground (mean alpha over all pixels, views and samples), min/max view
     foreground, per_camera_foreground, seconds, cached (True when an identical complete
     dataset was already there). An interrupted run with the same parameters resumes,
@@ -751,9 +786,13 @@ def generate_dataset(
     """
     if samples < 1 or size < 1:
         raise ValueError("samples and size must be positive")
+    if test_samples < 0:
+        raise ValueError(f"test_samples must be >= 0, got {test_samples}")
     rig_specs(rig)  # validate the name before touching the disk
     out = Path(out_dir).resolve()
-    cfg = SyntheticConfig(samples, size, rig, seed, float(val_fraction))
+    cfg = SyntheticConfig(
+        samples, size, rig, seed, float(val_fraction), test_samples=int(test_samples)
+    )
     # Studies started together share one cache folder: one writes, the others wait and reuse it.
     with _exclusive_lock(out / ".generate.lock"):
         return _generate_or_reuse(out, cfg)
@@ -776,26 +815,28 @@ def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
         cfg.seed,
         cfg.val_fraction,
     )
-    params = asdict(cfg)
+    params = cfg.params()
     meta = _read_meta(out)
-    lists_exist = (out / TRAIN_LIST).is_file() and (out / VAL_LIST).is_file()
+    lists = (TRAIN_LIST, VAL_LIST, TEST_LIST) if cfg.test_samples else (TRAIN_LIST, VAL_LIST)
+    lists_exist = all((out / name).is_file() for name in lists)
     if meta and meta.get("params") == params and meta.get("complete") and lists_exist:
         summary = dict(meta["summary"], seconds=0.0, cached=True)
-        return dict(
-            summary,
-            out_dir=str(out),
-            train_list=str(out / TRAIN_LIST),
-            val_list=str(out / VAL_LIST),
-        )
+        paths = {"out_dir": str(out), "train_list": str(out / TRAIN_LIST)}
+        paths["val_list"] = str(out / VAL_LIST)
+        if cfg.test_samples:
+            paths["test_list"] = str(out / TEST_LIST)
+        return dict(summary, **paths)
 
     start = time.perf_counter()
     resume = bool(meta) and meta.get("params") == params
     # Remove the old lists first so a half-regenerated folder never looks complete.
-    for name in (TRAIN_LIST, VAL_LIST):
+    for name in (TRAIN_LIST, VAL_LIST, TEST_LIST):
         (out / name).unlink(missing_ok=True)
     _atomic_write_text(out / META_NAME, json.dumps({"params": params, "complete": False}))
     samples_dir = out / "samples"
     _remove_stale_samples(samples_dir, samples if resume else 0)
+    test_dir = out / TEST_DIR
+    _remove_stale_samples(test_dir, cfg.test_samples if resume else 0)
 
     cams = make_rig(rig, size)
     fractions = []
@@ -807,8 +848,21 @@ def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
         mouse = sample_mouse(sample_rng(seed, k))
         fractions.append(write_sample(folder, sample_name(k), cams, mouse, cfg.supersample))
 
+    test_fractions = []
+    for k in range(cfg.test_samples):
+        folder = test_dir / sample_name(k)
+        if resume and (folder / "opencv_cameras.json").is_file():
+            test_fractions.append(read_sample_fractions(folder))
+            continue
+        mouse = sample_mouse(test_sample_rng(seed, k))
+        sample_id = f"test_{sample_name(k)}"
+        test_fractions.append(write_sample(folder, sample_id, cams, mouse, cfg.supersample))
+
+    # Summary statistics stay those of train + val, as before test splits existed.
     summary = _summary(out, cfg, fractions, time.perf_counter() - start, cached=False)
-    stored = {k: v for k, v in summary.items() if k not in ("out_dir", "train_list", "val_list")}
+    if test_fractions:
+        summary["test_mean_foreground"] = float(np.mean(test_fractions))
+    stored = {k: v for k, v in summary.items() if k not in _PATH_KEYS}
     _atomic_write_text(
         out / META_NAME,
         json.dumps({"params": params, "complete": True, "summary": stored}, indent=1),
@@ -817,6 +871,10 @@ def _generate_or_reuse(out: Path, cfg: SyntheticConfig) -> dict:
     names = [f"samples/{sample_name(k)}" for k in range(samples)]
     # The last samples go to validation; samples are i.i.d., so any split is unbiased.
     _atomic_write_text(out / VAL_LIST, "".join(f"{n}\n" for n in names[samples - n_val :]))
+    if cfg.test_samples:
+        test_names = [f"{TEST_DIR}/{sample_name(k)}" for k in range(cfg.test_samples)]
+        _atomic_write_text(out / TEST_LIST, "".join(f"{n}\n" for n in test_names))
+    # The training list is written last: with it, the lists of a complete dataset all exist.
     _atomic_write_text(out / TRAIN_LIST, "".join(f"{n}\n" for n in names[: samples - n_val]))
     return summary
 
@@ -870,22 +928,88 @@ def contact_sheet(
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, help="dataset folder")
-    p.add_argument("--samples", type=int, required=True)
-    p.add_argument("--size", type=int, required=True, help="image side in pixels")
-    p.add_argument("--rig", choices=RIGS, default="mouse6")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+CLI_EPILOG = """\
+writes, in OUT:
+  data_train.txt, data_val.txt   FaceLift list files (sample folders relative to OUT)
+  data_test.txt                  the held-out test split (only with --test-samples > 0)
+  samples/NNNNNN/                opencv_cameras.json + images/cam_XX.png (RGBA) per sample
+  test_samples/NNNNNN/           the test samples, same layout
+  synthetic_meta.json            parameters and foreground statistics
+An identical existing dataset is reused; an interrupted one is resumed.
+example:
+  python -m trainables.gslrm.data.synthetic --out data/syn --samples 48 --size 64 --test-samples 16
+"""
+
+
+def _at_least(minimum: int) -> typing.Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainables.gslrm.data.synthetic",
+        description="Write a synthetic mouse dataset in the FaceLift / GS-LRM on-disk format.",
+        epilog=CLI_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, help="dataset folder (created if missing)")
+    p.add_argument(
+        "--samples",
+        type=_at_least(1),
+        required=True,
+        help="train + val samples (mouse poses), each seen by every camera of the rig",
+    )
+    p.add_argument(
+        "--size", type=_at_least(1), required=True, help="image side in pixels (square images)"
+    )
+    p.add_argument(
+        "--rig",
+        choices=RIGS,
+        default="mouse6",
+        help="mouse6: the uneven 6-camera arena rig; turntable6: an even 60-degree ring "
+        "(default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of --samples that goes to data_val.txt (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test-samples",
+        type=_at_least(0),
+        default=0,
+        help="extra held-out samples written to data_test.txt, disjoint from train and val "
+        "(default: %(default)s, no test split)",
+    )
     p.add_argument("--contact-sheet", default=None, help="also write a contact sheet PNG here")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     summary = generate_dataset(
-        args.out, args.samples, args.size, args.rig, args.seed, args.val_fraction
+        args.out,
+        args.samples,
+        args.size,
+        args.rig,
+        args.seed,
+        args.val_fraction,
+        test_samples=args.test_samples,
     )
     if args.contact_sheet:
         contact_sheet(args.out, args.contact_sheet)

@@ -1,0 +1,477 @@
+"""Per-item evaluation of one trained run: every item x every target view, one row each.
+
+    evaluate_run(run_dir, config) -> EvalResult      (also: python -m analysis.evaluate RUN_DIR)
+
+writes `<run>/eval/items.parquet` (one typed row per (item, view), columns ITEM_COLUMNS) and
+then `<run>/eval/protocol.json` (what makes two evaluations comparable), each atomically; the
+protocol file is written last, so its presence marks a complete evaluation.
+
+The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
+- Items: the test split `evaluation.dataset_path`, else `data_test.txt` beside the training
+  list, else the validation list (said on stdout and recorded as `split: validation`).
+- Views: always the rig order, whatever dataset type the run trained with, so every trial is
+  scored on the same (item, camera) pairs: inputs are cameras 0..num_input_views-1 (role
+  `input`), targets are every one of the num_views cameras (the others have role `novel`).
+- Checkpoint: `evaluation.checkpoint` = `last` (newest readable checkpoint) or `best` (the
+  kept checkpoint whose step has the best `evaluation.objective` in metrics.jsonl). When the
+  best validated step's checkpoint was pruned, the best kept one is used and the record says so.
+- Metrics: `metrics.item_view_metrics` (definitions and NaN cases there), METRICS_VERSION.
+- Record: `protocol.json` holds PROTOCOL_COMPARED_KEYS (two evaluations are comparable only
+  where all of them agree; analysis.paired refuses the rest) plus the step, paths, timings and
+  code version (informational: a code change that alters a metric bumps METRICS_VERSION).
+
+Rendering is batched (`evaluation.batch_size` items) under torch.no_grad(), with the
+trainer's autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+
+from trainables.gslrm.checkpoint import CheckpointError, load_weights, read_checkpoint
+from trainables.gslrm.config import ConfigError, TrainerConfig, load_config
+from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
+from trainables.gslrm.data.reader import DataError
+from trainables.gslrm.metrics import ITEM_METRICS, METRICS_VERSION, item_view_metrics
+from trainables.gslrm.model import GSLRM
+from trainables.gslrm.render import render
+from trainables.gslrm.types import Cameras
+
+EVAL_DIR = "eval"
+ITEMS_FILE = "items.parquet"
+PROTOCOL_FILE = "protocol.json"
+TEST_LIST = "data_test.txt"
+ROLES = ("input", "novel")
+# Protocol fields that must be equal for two evaluations to be compared, in the order a
+# refusal names the first difference.
+PROTOCOL_COMPARED_KEYS = (
+    "metrics_version",
+    "item_set_hash",
+    "checkpoint_rule",
+    "checkpoint_objective",
+    "pred_mask_threshold",
+    "gt_alpha_threshold",
+    "image_size",
+    "background_color",
+    "view_order",
+)
+_CKPT_NAME = re.compile(r"ckpt_(\d+)\.pt")
+
+# items.parquet schema: identifiers first, then ITEM_METRICS (all float64, NaN = undefined).
+ITEMS_SCHEMA = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_index", pa.int32(), nullable=False),
+        pa.field("camera", pa.int16(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        *[pa.field(name, pa.float64(), nullable=False) for name in ITEM_METRICS],
+    ]
+)
+ITEM_COLUMNS = tuple(ITEMS_SCHEMA.names)
+
+
+class EvaluationError(RuntimeError):
+    """A run, checkpoint or item list that cannot be evaluated; the message says which."""
+
+
+@dataclass(frozen=True)
+class ChosenCheckpoint:
+    path: Path
+    step: int
+    rule: str  # best | last
+    objective_value: float | None = None  # the validation objective at `step` (best only)
+    best_validated_step: int | None = None  # best step in metrics.jsonl, kept or not
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    items_path: Path
+    protocol_path: Path
+    protocol: dict[str, Any]
+    rows: int
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------
+# which checkpoint, which items
+
+
+def checkpoint_steps(folder: Path) -> dict[int, Path]:
+    """{step: path} of the ckpt_<step>.pt files in folder (readability not checked)."""
+    found = {}
+    for path in Path(folder).glob("ckpt_*.pt"):
+        match = _CKPT_NAME.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def validation_history(metrics_file: Path, objective: str) -> dict[int, float]:
+    """{step: finite objective value} from a trainer's metrics.jsonl (later lines win)."""
+    history: dict[int, float] = {}
+    if not metrics_file.is_file():
+        return history
+    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise EvaluationError(
+                f"{metrics_file}:{number}: not a JSON line; the run's metrics log is damaged"
+            ) from None
+        value = record.get(objective)
+        if isinstance(value, int | float) and math.isfinite(value) and "step" in record:
+            history[int(record["step"])] = float(value)
+    return history
+
+
+def choose_checkpoint(
+    run_dir: Path, rule: str, objective: str = "val/psnr_fg", mode: str = "max"
+) -> ChosenCheckpoint:
+    """The run's checkpoint under `rule` (see the module docstring); unreadable files are skipped."""
+    run_dir = Path(run_dir)
+    readable = {}
+    for step, path in sorted(checkpoint_steps(run_dir / "checkpoints").items()):
+        try:
+            read_checkpoint(path)
+        except CheckpointError:
+            continue
+        readable[step] = path
+    if not readable:
+        raise EvaluationError(
+            f"{run_dir / 'checkpoints'}: no readable checkpoint (ckpt_*.pt) to evaluate; "
+            "pass one with --checkpoint PATH"
+        )
+    if rule == "last":
+        step = max(readable)
+        return ChosenCheckpoint(readable[step], step, "last")
+    if rule != "best":
+        raise EvaluationError(f"checkpoint rule {rule!r}: must be best or last")
+    history = validation_history(run_dir / "metrics.jsonl", objective)
+    sign = 1.0 if mode == "max" else -1.0
+    scored = {step: value for step, value in history.items() if step in readable}
+    if not scored:
+        raise EvaluationError(
+            f"{run_dir}: no kept checkpoint has a {objective} value in metrics.jsonl, so the "
+            "`best` rule cannot choose; use evaluation.checkpoint=last"
+        )
+    # ties go to the earliest step, so the choice does not depend on file order
+    best_kept = min(scored, key=lambda s: (-sign * scored[s], s))
+    best_any = min(history, key=lambda s: (-sign * history[s], s))
+    return ChosenCheckpoint(readable[best_kept], best_kept, "best", scored[best_kept], best_any)
+
+
+def evaluation_list_file(config: TrainerConfig) -> tuple[Path, str]:
+    """(item list, split name): evaluation.dataset_path ("test"), else data_test.txt beside
+    the training list ("test"), else the validation list ("validation")."""
+    if config.evaluation.dataset_path:
+        return Path(config.evaluation.dataset_path), "test"
+    train = config.training.dataset.dataset_path
+    if train:
+        beside = Path(train).parent / TEST_LIST
+        if beside.is_file():
+            return beside, "test"
+    return validation_list_file(config), "validation"
+
+
+def evaluation_config(config: TrainerConfig) -> TrainerConfig:
+    """The run's config with the protocol's fixed view selection: rig order, every camera a target."""
+    dataset = dataclasses.replace(config.training.dataset, target_has_input=True)
+    training = dataclasses.replace(config.training, dataset=dataset)
+    mouse = dataclasses.replace(config.mouse, use_mouse_dataset=True)
+    return dataclasses.replace(config, training=training, mouse=mouse)
+
+
+def item_set_hash(keys: Iterable[tuple[str, int, str]]) -> str:
+    """sha256 over the sorted (item_id, camera, role) triples: equal iff the sets are equal."""
+    text = "".join(f"{item}\t{camera}\t{role}\n" for item, camera, role in sorted(set(keys)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def code_version() -> str:
+    """git commit of this checkout, else the installed package version, else "unknown"."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mouse-gslrm-study")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------
+# rendering and scoring
+
+
+def render_targets(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    config: TrainerConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> torch.Tensor:
+    """Inputs -> Gaussians -> target-view renders [B, Vt, 3, H, W] (float32)."""
+    with autocast:
+        gaussians = model(
+            batch["input_images"], Cameras(batch["input_c2w"], batch["input_intrinsics"])
+        )
+    h, w = batch["target_images"].shape[-2:]
+    rgb, _ = render(
+        gaussians,
+        Cameras(batch["target_c2w"], batch["target_intrinsics"]),
+        h,
+        w,
+        batch["background"],
+        backend=config.model.renderer.backend,
+        near_plane=config.model.renderer.near_plane,
+    )
+    return rgb.float()
+
+
+@torch.no_grad()
+def score_items(
+    model: torch.nn.Module,
+    dataset: MultiViewDataset,
+    config: TrainerConfig,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
+    """Render and score every item of `dataset`: one entry per (item, target view).
+
+    Returns columns {ITEM_COLUMNS: [rows]}, items in list order, views in rig order.
+    """
+    ev = config.evaluation
+    use_amp = device.type == "cuda" and config.training.runtime.use_amp
+    dtype = torch.bfloat16 if config.training.runtime.amp_dtype == "bf16" else torch.float16
+    loader = DataLoader(dataset, batch_size=ev.batch_size, shuffle=False, num_workers=0)
+    n_inputs = config.training.dataset.num_input_views
+    columns: dict[str, list] = {name: [] for name in ITEM_COLUMNS}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            autocast = torch.autocast("cuda", dtype=dtype) if use_amp else contextlib.nullcontext()
+            rgb = render_targets(model, batch, config, autocast)
+            values = item_view_metrics(
+                rgb,
+                batch["target_images"],
+                batch["target_alpha"],
+                batch["background"],
+                ev.pred_mask_threshold,
+                ev.gt_alpha_threshold,
+            )
+            cameras = batch["target_view_ids"].cpu().numpy()
+            for b, index in enumerate(batch["sample_index"].cpu().tolist()):
+                item_id = dataset.sample(index).sample_id
+                for v, camera in enumerate(cameras[b].tolist()):
+                    columns["item_id"].append(item_id)
+                    columns["item_index"].append(index)
+                    columns["camera"].append(camera)
+                    columns["role"].append("input" if camera < n_inputs else "novel")
+                    for name in ITEM_METRICS:
+                        columns[name].append(float(values[name][b, v]))
+    finally:
+        model.train(was_training)
+    return {name: np.asarray(values) for name, values in columns.items()}
+
+
+def items_table(columns: dict[str, np.ndarray]) -> pa.Table:
+    """The typed items.parquet table (ITEMS_SCHEMA) from score_items' columns."""
+    arrays = [pa.array(columns[f.name], type=f.type) for f in ITEMS_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=ITEMS_SCHEMA)
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write through a temp file in the same folder, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_evaluation(out_dir: Path, table: pa.Table, protocol: dict[str, Any]) -> tuple[Path, Path]:
+    """items.parquet, then protocol.json (the completion marker), both atomically."""
+    items_path, protocol_path = out_dir / ITEMS_FILE, out_dir / PROTOCOL_FILE
+    protocol_path.unlink(missing_ok=True)  # an old record must not vouch for new items
+    _atomic_write_bytes(items_path, lambda tmp: pq.write_table(table, tmp))
+    text = json.dumps(protocol, indent=1, sort_keys=True) + "\n"
+    _atomic_write_bytes(protocol_path, lambda tmp: Path(tmp).write_text(text))
+    return items_path, protocol_path
+
+
+def _unique_ids(dataset: MultiViewDataset, list_file: Path) -> None:
+    seen: dict[str, Path] = {}
+    for index in range(len(dataset)):
+        sample = dataset.sample(index)
+        if sample.sample_id in seen:
+            raise EvaluationError(
+                f"{list_file}: samples {seen[sample.sample_id]} and {sample.folder} share the id "
+                f"{sample.sample_id!r} (opencv_cameras.json); item ids must be unique"
+            )
+        seen[sample.sample_id] = sample.folder
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    config: TrainerConfig | None = None,
+    *,
+    dataset_path: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str | None = None,
+    out_dir: str | Path | None = None,
+) -> EvalResult:
+    """Evaluate a run folder's chosen checkpoint on every item x view; write eval/ files.
+
+    run_dir: the trainer's run folder (config.yaml, metrics.jsonl, checkpoints/).
+    config: the run's config (default: run_dir/config.yaml); its `evaluation` section sets
+        the rule, items, batch size and thresholds. dataset_path / checkpoint override the
+        item list and the rule (an explicit checkpoint is recorded as rule "file").
+    out_dir: where items.parquet and protocol.json go (default run_dir/eval).
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if config is None:
+        if not (run_dir / "config.yaml").is_file():
+            raise EvaluationError(
+                f"{run_dir}: no config.yaml; pass the run folder of a trainer run (or --config)"
+            )
+        config = load_config(run_dir / "config.yaml")
+    ev = config.evaluation
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        chosen = ChosenCheckpoint(path, -1, "file")
+    else:
+        chosen = choose_checkpoint(run_dir, ev.checkpoint, ev.objective, ev.objective_mode)
+        if chosen.best_validated_step not in (None, chosen.step):
+            print(
+                f"[evaluate] {run_dir.name}: the best {ev.objective} was at step "
+                f"{chosen.best_validated_step}, whose checkpoint was not kept; evaluating the "
+                f"best kept one (step {chosen.step})",
+                flush=True,
+            )
+    if dataset_path is not None:
+        list_file, split = Path(dataset_path), "test"
+    else:
+        list_file, split = evaluation_list_file(config)
+        if split == "validation":
+            print(
+                f"[evaluate] no test split (evaluation.dataset_path, or {TEST_LIST} beside the "
+                f"training list): evaluating on the validation list {list_file}",
+                flush=True,
+            )
+    eval_config = evaluation_config(config)
+    try:
+        dataset = MultiViewDataset(list_file, eval_config)
+    except DataError as exc:
+        raise EvaluationError(f"evaluation items: {exc}") from None
+    if len(dataset) == 0:
+        raise EvaluationError(f"{list_file}: lists no sample to evaluate")
+    _unique_ids(dataset, list_file)
+
+    device = torch.device(device) if device is not None else None
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = GSLRM(config.model).to(device)
+    try:
+        report, _ = load_weights(model, chosen.path)
+    except CheckpointError as exc:
+        raise EvaluationError(str(exc)) from None
+    if chosen.rule == "file":
+        chosen = dataclasses.replace(chosen, step=report.step)
+
+    render_start = time.perf_counter()
+    columns = score_items(model, dataset, eval_config, device)
+    render_s = time.perf_counter() - render_start
+    table = items_table(columns)
+    keys = zip(columns["item_id"], columns["camera"].tolist(), columns["role"], strict=True)
+    ds = config.training.dataset
+    protocol = {
+        "metrics_version": METRICS_VERSION,
+        "item_set_hash": item_set_hash(keys),
+        "checkpoint_rule": chosen.rule,
+        "checkpoint_objective": ev.objective if chosen.rule == "best" else None,
+        "pred_mask_threshold": ev.pred_mask_threshold,
+        "gt_alpha_threshold": ev.gt_alpha_threshold,
+        "image_size": config.model.image_tokenizer.image_size,
+        "background_color": ds.background_color,
+        "view_order": f"rig: inputs cameras 0-{ds.num_input_views - 1}, targets 0-{ds.num_views - 1}",
+        "checkpoint_step": chosen.step,
+        "checkpoint_path": str(chosen.path),
+        "checkpoint_objective_value": chosen.objective_value,
+        "best_validated_step": chosen.best_validated_step,
+        "split": split,
+        "dataset_path": str(list_file),
+        "n_items": len(dataset),
+        "n_rows": table.num_rows,
+        "code_version": code_version(),
+        "device": str(device),
+        "render_seconds": round(render_s, 3),
+        "items_per_s": round(len(dataset) / render_s, 3) if render_s > 0 else None,
+    }
+    target = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
+    items_path, protocol_path = write_evaluation(target, table, protocol)
+    return EvalResult(
+        items_path, protocol_path, protocol, table.num_rows, time.perf_counter() - start
+    )
+
+
+def evaluate_trial(
+    run_dir: str | Path,
+    config: TrainerConfig,
+    objective: str,
+    mode: str,
+    device: torch.device | str | None = None,
+) -> EvalResult:
+    """The end-of-trial call for the Ray adapter: the study's objective picks `best`.
+
+    Call it once per trial on rank 0 after training returned (the worker holds the GPU);
+    it writes run_dir/eval/ and returns what it wrote. Raises EvaluationError.
+    """
+    ev = dataclasses.replace(config.evaluation, objective=objective, objective_mode=mode)
+    return evaluate_run(run_dir, dataclasses.replace(config, evaluation=ev), device=device)
+
+
+__all__ = [
+    "ConfigError",
+    "EvaluationError",
+    "EvalResult",
+    "choose_checkpoint",
+    "evaluate_run",
+    "evaluate_trial",
+    "evaluation_list_file",
+    "item_set_hash",
+]
