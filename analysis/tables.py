@@ -320,6 +320,12 @@ FIXED_DESCRIPTIONS: dict[str, str] = {
     "step": "trainer (optimizer) step of this report",
     "training_iteration": "Tune's report counter (1, 2, 3, ...) of this report",
     "time_total_s": "seconds since the trial started, at this report",
+    "flag_mask_covers_image": "on the evaluation items the predicted foreground covers most of the "
+    "image and far more than the true one (IoU falls to the true fraction); null if not evaluated",
+    "eval/pred_fg_fraction": "mean predicted foreground fraction over the trial's evaluated "
+    "(item, view) rows (runs/<trial>/eval/items.parquet)",
+    "eval/gt_fg_fraction": "mean true foreground fraction over the trial's evaluated (item, view) rows",
+    "eval/mask_iou": "mean mask IoU over the trial's evaluated (item, view) rows",
 }
 
 
