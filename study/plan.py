@@ -118,6 +118,10 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
     # latest in train/, and a sweep of full-size trials would otherwise fill the disk (1.2 GB each).
     overrides: dict[str, Any] = {
         "training.checkpointing.keep_last": LOCAL_CHECKPOINTS_KEPT,
+        # one evaluation protocol for every trial: the study's checkpoint rule and objective
+        "evaluation.checkpoint": spec.checkpoint_rule,
+        "evaluation.objective": spec.objective,
+        "evaluation.objective_mode": spec.mode,
         **spec.fixed,
     }
     if args.smoke:
@@ -237,6 +241,7 @@ def study_record(
         "max_steps": plan.config.training.schedule.max_steps,
         "num_samples": plan.num_samples,
         "smoke": plan.smoke,
+        "checkpoint_rule": spec.checkpoint_rule,
         "optuna_storage": "optuna.db" if spec.search == "optuna" else None,
         "optuna_study_name": spec.name if spec.search == "optuna" else None,
         "base_config": str(plan.base_config),

@@ -40,7 +40,7 @@ from study.plan import (
 )
 from study.studies import STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
-from trainables.gslrm.config import ConfigError, apply_overrides
+from trainables.gslrm.config import ConfigError, TrainerConfig, apply_overrides
 from trainables.ray_trainable import TrialSettings, run_trial
 
 # The pieces tests and users import from here, kept importable under their old names.
@@ -214,11 +214,35 @@ def synthetic_dataset(plan: StudyPlan) -> dict[str, Any]:
 
     folder, data = synthetic_data_folder(plan), plan.data
     print(f"[study] synthetic data: {folder}", flush=True)
-    generate_dataset(folder, samples=data.samples, size=data.size, rig=data.rig, seed=data.seed)
+    generate_dataset(
+        folder,
+        samples=data.samples,
+        size=data.size,
+        rig=data.rig,
+        seed=data.seed,
+        test_samples=data.test_samples,
+    )
     return {
         "training.dataset.dataset_path": str(folder / "data_train.txt"),
         "validation.dataset_path": str(folder / "data_val.txt"),
+        "evaluation.dataset_path": str(folder / "data_test.txt") if data.test_samples else "",
     }
+
+
+def announce_evaluation_split(config: TrainerConfig) -> None:
+    """Say at start-up which list every trial is evaluated on, and when it is not a test split."""
+    from trainables.gslrm.evaluate import evaluation_list_file
+
+    path, split = evaluation_list_file(config)
+    if split == "test":
+        print(f"[study] evaluation: test split {path}", flush=True)
+    else:
+        print(
+            f"[study] no test split (no evaluation.dataset_path, no data_test.txt beside the "
+            f"training list): trials are evaluated on the validation list {path}, recorded as "
+            "split 'validation'",
+            flush=True,
+        )
 
 
 def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float) -> TrialSettings:
@@ -264,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
             data_overrides = synthetic_dataset(plan)
         apply_overrides(plan.config, data_overrides)  # validates the data keys too
         overrides = {**plan.overrides, **data_overrides}
+        announce_evaluation_split(apply_overrides(plan.config, data_overrides))
 
     # --- Ray
     env = ray_env(plan.wandb or plan.config.training.logging.wandb.mode)

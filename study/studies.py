@@ -14,6 +14,7 @@ class DataSpec:
     size: int = 256
     rig: str = "mouse6"
     seed: int = 0
+    test_samples: int = 64  # held-out test split every trial is evaluated on (data_test.txt)
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class SmokePreset:
     overrides: dict[str, Any] = field(default_factory=dict)
     grid_seeds: tuple[int, ...] | None = None  # grid studies: fewer seeds
     grace_period_rounds: int = 1
-    data: DataSpec = field(default_factory=lambda: DataSpec(samples=24, size=64))
+    data: DataSpec = field(default_factory=lambda: DataSpec(samples=24, size=64, test_samples=16))
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
     objective: str = "val/psnr_fg"
     mode: str = "max"
+    # Which checkpoint of every trial the held-out evaluation scores: "best" (by `objective` on
+    # validation) or "last"; one rule for the whole study, recorded in study.json.
+    checkpoint_rule: str = "best"
     num_samples: int = 1  # optuna: trials; grid: repeats of the whole grid
     sampler_seed: int = 0
     scheduler: str = "asha"  # asha | fifo

@@ -39,7 +39,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> list[str]:
     out = tmp_path_factory.mktemp("data")
-    info = generate_dataset(out, samples=8, size=64, rig="mouse6", seed=3)
+    info = generate_dataset(out, samples=8, size=64, rig="mouse6", seed=3, test_samples=3)
     return [
         "--set",
         f"training.dataset.dataset_path={info['train_list']}",
@@ -245,6 +245,22 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     for plot in ("fg_psnr_vs_mask_iou.png", "learning_curves.png"):
         assert (study_dir / "report" / plot).stat().st_size > 1000
     assert (study_dir / "report" / "trials.parquet").is_file()
+
+    # every finished trial was evaluated on the held-out split beside the training list:
+    # 3 test items x 6 rig cameras, one typed row each, under one protocol
+    assert any("[study] evaluation: test split" in line for line in lines)
+    items = pd.read_parquet(study_dir / "report" / "items.parquet")
+    finished = set(trials.loc[trials["status"] == "finished", "trial_id"])
+    assert finished and finished <= set(items["trial_id"])
+    for trial_id in finished:
+        rows = items[items["trial_id"] == trial_id]
+        assert len(rows) == 18 and rows[["item_id", "camera"]].drop_duplicates().shape[0] == 18
+        protocol = json.loads(
+            (study_dir / "runs" / trial_id / "eval" / "protocol.json").read_text()
+        )
+        assert protocol["checkpoint_rule"] == "best"
+    assert items["psnr_fg"].dtype == "float64" and items["role"].isin(["input", "novel"]).all()
+    assert json.loads((study_dir / "study.json").read_text())["checkpoint_rule"] == "best"
 
 
 @pytest.mark.slow

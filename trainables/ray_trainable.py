@@ -37,6 +37,7 @@ from typing import Any
 
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import (
+    TrainerConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -46,6 +47,7 @@ from trainables.gslrm.config import (
 from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 
 SUMMARY_FILE = "trial_summary.json"
+EVAL_ERROR_FILE = "eval_error.json"  # why a finished run has no eval/ (see evaluate_at_end)
 ATTEMPTS_FILE = "attempts.jsonl"
 
 
@@ -193,6 +195,22 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "resumed_from_step": result.resumed_from_step,
             },
         )
+        evaluate_at_end(run_dir, config, hooks.device)
+
+
+def evaluate_at_end(run_dir: Path, config: TrainerConfig, device: Any) -> None:
+    """Rank 0, after training: score the study's chosen checkpoint on every evaluation item
+    (run_dir/eval/). A run that cannot be evaluated (e.g. no checkpoint) keeps its training
+    result; the reason goes to run_dir/eval_error.json and the report counts it unevaluated."""
+    from trainables.gslrm.evaluate import EvaluationError, evaluate_trial
+
+    evaluation = config.evaluation
+    try:
+        evaluate_trial(
+            run_dir, config, evaluation.objective, evaluation.objective_mode, device=device
+        )
+    except EvaluationError as exc:
+        write_json_atomic(run_dir / EVAL_ERROR_FILE, {"error": str(exc)})
 
 
 # ---------------------------------------------------------------------------------------

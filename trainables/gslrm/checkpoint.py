@@ -22,6 +22,7 @@ import math
 import re
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,15 +190,20 @@ def save_checkpoint(
     return path
 
 
-def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` ckpt_*.pt files in folder (0 keeps every one).
+def prune_checkpoints(
+    folder: str | Path, keep_last: int, protect: Collection[str | Path] = ()
+) -> list[Path]:
+    """Delete all but the newest `keep_last` ckpt_*.pt files in folder (0 keeps every one),
+    never one named in `protect` (the checkpoint the `best` evaluation rule will pick).
 
     Called right after a checkpoint was written whole, so the newest kept file is readable.
     Returns the deleted paths.
     """
     if keep_last <= 0:
         return []
+    kept = {Path(path).name for path in protect}
     older = sorted(Path(folder).glob("ckpt_*.pt"), reverse=True)[keep_last:]
+    older = [path for path in older if path.name not in kept]
     for path in older:
         path.unlink(missing_ok=True)
     return older

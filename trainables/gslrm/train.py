@@ -54,6 +54,7 @@ from trainables.gslrm.config import (
     save_config,
 )
 from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
+from trainables.gslrm.evaluate import checkpoint_steps, validation_history
 from trainables.gslrm.losses import check_perceptual_available, compute_losses
 from trainables.gslrm.metrics import compute_metrics, mask_iou, per_view_psnr
 from trainables.gslrm.model import GSLRM
@@ -527,8 +528,26 @@ def validation_round(
             state.scheduler,
             state.step,
         )
-        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last)
+        best = best_checkpoint(ckpt_dir, out_dir / "metrics.jsonl", metrics, state.step, config)
+        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last, protect=[best])
     return metrics, picture, checkpoint
+
+
+def best_checkpoint(
+    ckpt_dir: Path, metrics_file: Path, metrics: dict[str, float], step: int, config: TrainerConfig
+) -> Path | None:
+    """The kept checkpoint with the best evaluation.objective so far (this round's `metrics`
+    count for `step`, not yet in metrics.jsonl): pruning spares it, so the `best` evaluation
+    rule finds the best checkpointed step, not just the best of the newest few."""
+    objective, mode = config.evaluation.objective, config.evaluation.objective_mode
+    history = validation_history(metrics_file, objective)
+    if math.isfinite(metrics.get(objective, math.nan)):
+        history[step] = metrics[objective]
+    files = {s: p for s, p in checkpoint_steps(ckpt_dir).items() if s in history}
+    if not files:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    return files[min(files, key=lambda s: (-sign * history[s], s))]
 
 
 class MetricsLog:
