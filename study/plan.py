@@ -21,7 +21,7 @@ from typing import Any
 
 from search_spaces import check_space, get_space
 from search_spaces.space import Param
-from study.studies import DataSpec, StudySpec, get_study
+from study.studies import DataSpec, SizePreset, StudySpec, get_study
 from trainables.gslrm.config import (
     TrainerConfig,
     apply_overrides,
@@ -43,13 +43,13 @@ class StudyPlan:
     """Everything decided from the command line and the files, before Ray starts.
 
     overrides: dotted config keys applied to the base config for every trial (study fixed
-    values, smoke preset, --set, --wandb; the dataset keys are added when data is prepared).
+    values, size preset, --set, --wandb; the dataset keys are added when data is prepared).
     config: the base config with `overrides` applied (checked). gpus_per_trial: None means
     "one per worker if the cluster has GPUs", decided once Ray is up.
     """
 
     spec: StudySpec
-    smoke: bool
+    size: str  # smoke | cpu | full (study.studies.SIZES)
     base_config: Path
     overrides: dict[str, Any]
     config: TrainerConfig
@@ -77,9 +77,17 @@ class StudyPlan:
         return self.storage / self.spec.name
 
     @property
+    def preset(self) -> SizePreset | None:
+        return self.spec.preset(self.size)
+
+    @property
+    def grace_period_rounds(self) -> int:
+        return self.preset.grace_period_rounds if self.preset else self.spec.grace_period_rounds
+
+    @property
     def grid_seeds(self) -> tuple[int, ...] | None:
-        """Seeds replacing a grid study's own: --seeds, else the smoke preset's."""
-        return self.seeds or (self.spec.smoke.grid_seeds if self.smoke else None)
+        """Seeds replacing a grid study's own: --seeds, else the size preset's."""
+        return self.seeds or (self.preset.grid_seeds if self.preset else None)
 
 
 def resolve_path(path: str) -> Path:
@@ -113,7 +121,9 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
     """Validate the study, config overrides and search space against the config; no I/O
     beyond reading the study's YAML."""
     spec = get_study(args.name)
-    base_config = resolve_path(spec.smoke.base_config if args.smoke else spec.base_config)
+    size = "smoke" if args.smoke else args.size
+    preset = spec.preset(size)
+    base_config = resolve_path(preset.base_config if preset else spec.base_config)
     # Each trial's run folder keeps its newest checkpoints only: Ray Train keeps the best and the
     # latest in train/, and a sweep of full-size trials would otherwise fill the disk (1.2 GB each).
     overrides: dict[str, Any] = {
@@ -124,8 +134,8 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
         "evaluation.objective_mode": spec.mode,
         **spec.fixed,
     }
-    if args.smoke:
-        overrides.update(spec.smoke.overrides)
+    if preset:
+        overrides.update(preset.overrides)
     overrides.update(dict(parse_override(text) for text in args.set))
     if args.wandb:
         overrides["training.logging.wandb.mode"] = args.wandb
@@ -139,16 +149,16 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
     storage = (
         Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
     )
-    smoke_samples = spec.smoke.num_samples if args.smoke and spec.search == "optuna" else None
+    preset_samples = preset.num_samples if preset and spec.search == "optuna" else None
     return StudyPlan(
         spec=spec,
-        smoke=bool(args.smoke),
+        size=size,
         base_config=base_config,
         overrides=overrides,
         config=config,
         storage=storage,
-        data=spec.smoke.data if args.smoke else spec.data,
-        num_samples=args.num_samples or smoke_samples or spec.num_samples,  # grid: repeats
+        data=preset.data if preset else spec.data,
+        num_samples=args.num_samples or preset_samples or spec.num_samples,  # grid: repeats
         max_concurrent=args.max_concurrent or spec.max_concurrent,
         seeds=args.seeds,
         workers_per_trial=args.workers_per_trial,
@@ -240,7 +250,8 @@ def study_record(
         "searched_keys": searched_keys(spec),
         "max_steps": plan.config.training.schedule.max_steps,
         "num_samples": plan.num_samples,
-        "smoke": plan.smoke,
+        "size": plan.size,
+        "smoke": plan.size == "smoke",  # older readers
         "checkpoint_rule": spec.checkpoint_rule,
         "optuna_storage": "optuna.db" if spec.search == "optuna" else None,
         "optuna_study_name": spec.name if spec.search == "optuna" else None,

@@ -38,7 +38,7 @@ from study.plan import (
     synthetic_data_folder,
     user_dataset,
 )
-from study.studies import STUDIES, StudySpec, UnknownStudyError
+from study.studies import SIZES, STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import ConfigError, TrainerConfig, apply_overrides
 from trainables.ray_trainable import TrialSettings, run_trial
@@ -158,7 +158,7 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
 
     config = plan.config
     rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
-    grace = spec.smoke.grace_period_rounds if plan.smoke else spec.grace_period_rounds
+    grace = plan.grace_period_rounds
     if spec.scheduler == "asha":
         # max_t one round past the last, so ASHA never stops a trial for reaching the end: a trial
         # that ends by itself writes its own summary instead of being killed mid-teardown.
@@ -318,13 +318,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe_sizes(spec: StudySpec) -> str:
+    parts = []
+    for size in SIZES:
+        preset = spec.preset(size)
+        config = preset.base_config if preset else spec.base_config
+        data = preset.data if preset else spec.data
+        trials = (
+            (preset.num_samples if preset else spec.num_samples)
+            if spec.search == "optuna"
+            else None
+        )
+        count = f", {trials} trials" if trials else ""
+        parts.append(f"{size} ({config}, {data.samples} samples at {data.size} px{count})")
+    return "; ".join(parts)
+
+
 def describe_studies() -> str:
     lines = []
     for spec in STUDIES.values():
         searched = ", ".join(searched_keys(spec))
         lines.append(
             f"{spec.name}\n  {spec.description}\n  search: {spec.search}; objective: {spec.mode} "
-            f"{spec.objective}; scheduler: {spec.scheduler}\n  searched keys: {searched}"
+            f"{spec.objective}; scheduler: {spec.scheduler}\n  searched keys: {searched}\n"
+            f"  sizes: {describe_sizes(spec)}"
         )
     return "\n".join(lines)
 
@@ -337,6 +354,7 @@ def parser() -> argparse.ArgumentParser:
         "dataset, synthetic mouse data is generated once. Results go to STORAGE/NAME/, "
         "ending with report/report.md and Parquet files.",
         epilog="examples:\n  python -m study.run --list\n  python -m study.run mouse_loss_sweep --smoke\n"
+        "  python -m study.run view_order_ablation --size cpu --storage /tmp/studies\n"
         "  python -m study.run view_order_ablation --set training.dataset.dataset_path=/data/mice/data_train.txt\n"
         "  python -m study.run mouse_loss_sweep --resume",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -344,10 +362,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="study name (see --list)")
     p.add_argument("--list", action="store_true", help="list the named studies and exit")
     p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="tiny model, 64 px, few steps and trials: minutes on a CPU",
+        "--size",
+        choices=SIZES,
+        default="full",
+        help="smoke: tiny model, 64 px, 40 steps, minutes on a CPU (CI, a first look); cpu: the "
+        "same model for 3,000 steps, learns silhouettes on 2 cores (tens of minutes per trial); "
+        "full: the study as defined, GPU scale (default)",
     )
+    p.add_argument("--smoke", action="store_true", help="alias of --size smoke")
     p.add_argument("--num-samples", type=int, help="number of trials (Optuna) or grid repeats")
     p.add_argument(
         "--address", help="join a running Ray cluster (HOST:PORT) instead of starting one"

@@ -18,8 +18,13 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class SmokePreset:
-    """What `--smoke` changes so a study finishes in minutes on a 2-core CPU."""
+class SizePreset:
+    """What a `--size` changes against the study's full (GPU) definition; plain data.
+
+    smoke: minutes on a 2-core CPU, for CI and a first look (the model is still a blob).
+    cpu: tens of minutes per trial on 2 cores; the model has learned silhouettes
+    (configs/cpu.yaml, measured in docs/benchmarks.md "CPU study size").
+    """
 
     base_config: str = "configs/smoke.yaml"
     num_samples: int = 4  # optuna studies only; a grid runs once
@@ -27,6 +32,21 @@ class SmokePreset:
     grid_seeds: tuple[int, ...] | None = None  # grid studies: fewer seeds
     grace_period_rounds: int = 1
     data: DataSpec = field(default_factory=lambda: DataSpec(samples=24, size=64, test_samples=16))
+
+
+def cpu_preset(num_samples: int = 12, grace_period_rounds: int = 4) -> SizePreset:
+    """--size cpu: 3,000 steps of the smoke model on 48 samples at 64 px (val mask IoU rises
+    steeply to ~1,700 steps, 0.35 at 3,000); 24 held-out test items. ASHA's grace is in
+    validation rounds (250 steps each): 4 rounds = 1,000 steps before a trial can be stopped."""
+    return SizePreset(
+        base_config="configs/cpu.yaml",
+        num_samples=num_samples,
+        grace_period_rounds=grace_period_rounds,
+        data=DataSpec(samples=48, size=64, test_samples=24),
+    )
+
+
+SIZES = ("smoke", "cpu", "full")  # "full" is the study as defined below (GPU scale)
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,17 @@ class StudySpec:
     grace_period_rounds: int = 2  # ASHA: validation rounds before a trial can be stopped
     max_concurrent: int = 1
     data: DataSpec = field(default_factory=DataSpec)
-    smoke: SmokePreset = field(default_factory=SmokePreset)
+    smoke: SizePreset = field(default_factory=SizePreset)
+    cpu: SizePreset = field(default_factory=cpu_preset)
+
+    def preset(self, size: str) -> SizePreset | None:
+        """The preset of a size name; None for "full" (the spec itself)."""
+        if size not in SIZES:
+            raise UnknownSizeError(
+                f"unknown study size {size!r}; valid sizes: {', '.join(SIZES)} "
+                "(python -m study.run --list shows what each changes)"
+            )
+        return None if size == "full" else getattr(self, size)
 
 
 # The mask-IoU threshold is fixed per study (never searched); best-known losses come from the
@@ -85,7 +115,7 @@ STUDIES: dict[str, StudySpec] = {
             num_samples=32,
             scheduler="asha",
             grace_period_rounds=4,
-            smoke=SmokePreset(num_samples=4, overrides={**SMOKE_SCHEDULE}),
+            smoke=SizePreset(num_samples=4, overrides={**SMOKE_SCHEDULE}),
         ),
         StudySpec(
             name="view_order_ablation",
@@ -96,7 +126,7 @@ STUDIES: dict[str, StudySpec] = {
             fixed=dict(BEST_KNOWN_LOSSES),
             num_samples=1,
             scheduler="fifo",
-            smoke=SmokePreset(overrides={**SMOKE_SCHEDULE}),
+            smoke=SizePreset(overrides={**SMOKE_SCHEDULE}),
         ),
         StudySpec(
             name="mask_loss_ablation",
@@ -116,10 +146,14 @@ STUDIES: dict[str, StudySpec] = {
             },
             num_samples=1,
             scheduler="fifo",
-            smoke=SmokePreset(overrides={**SMOKE_SCHEDULE}),
+            smoke=SizePreset(overrides={**SMOKE_SCHEDULE}),
         ),
     ]
 }
+
+
+class UnknownSizeError(ValueError):
+    pass
 
 
 class UnknownStudyError(KeyError):

@@ -43,7 +43,7 @@ def custom_study(name: str, grid: dict) -> str:
         "from study import studies, run\n"
         f"studies.STUDIES[{name!r}] = studies.StudySpec(name={name!r}, description='fault test',\n"
         f"    search='grid', grid={grid!r}, scheduler='fifo',\n"
-        "    smoke=studies.SmokePreset(overrides=dict(studies.SMOKE_SCHEDULE)))\n"
+        "    smoke=studies.SizePreset(overrides=dict(studies.SMOKE_SCHEDULE)))\n"
         "sys.exit(run.main(sys.argv[1:]))\n"
     )
 

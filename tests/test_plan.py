@@ -131,3 +131,28 @@ def test_study_record_says_what_was_run(tmp_path: Path) -> None:
     assert record["max_steps"] == 40 and record["num_samples"] == 4 and record["smoke"] is True
     assert record["optuna_storage"] == "optuna.db" and record["tune_dir"] == "tune-12345678"
     assert record["overrides"] == {"a": 1}
+
+
+def test_size_cpu_resolves_to_the_registered_preset(tmp_path: Path) -> None:
+    plan = plan_for("view_order_ablation", "--size", "cpu", storage=tmp_path)
+    assert plan.size == "cpu" and plan.base_config.name == "cpu.yaml"
+    assert plan.config.training.schedule.max_steps == 3000
+    assert (plan.data.samples, plan.data.size, plan.data.test_samples) == (48, 64, 24)
+    sweep = plan_for("mouse_loss_sweep", "--size", "cpu", storage=tmp_path)
+    assert sweep.num_samples == 12 and sweep.grace_period_rounds == 4
+    record = study_record(sweep, {}, 0.0, sweep.study_dir / "tune-12345678")
+    assert record["size"] == "cpu" and record["smoke"] is False
+    # --smoke stays an alias of --size smoke
+    assert plan_for("view_order_ablation", "--smoke", storage=tmp_path).size == "smoke"
+    assert plan_for("view_order_ablation", storage=tmp_path).size == "full"
+
+
+def test_unknown_size_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(["view_order_ablation", "--size", "huge"])
+    assert exit_info.value.code == 2
+    assert "'huge'" in capsys.readouterr().err
+    from study.studies import UnknownSizeError, get_study
+
+    with pytest.raises(UnknownSizeError, match="unknown study size 'huge'; valid sizes: smoke"):
+        get_study("view_order_ablation").preset("huge")

@@ -272,7 +272,7 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
         "from study import studies, run\n"
         "spec = studies.StudySpec(name='asha_check', description='ASHA check', search='grid',\n"
         "    grid={'training.optimizer.lr': [3e-3, 1e-12]}, scheduler='asha', grace_period_rounds=1,\n"
-        "    smoke=studies.SmokePreset(overrides=dict(studies.SMOKE_SCHEDULE), grace_period_rounds=1))\n"
+        "    smoke=studies.SizePreset(overrides=dict(studies.SMOKE_SCHEDULE), grace_period_rounds=1))\n"
         "studies.STUDIES['asha_check'] = spec\n"
         "sys.exit(run.main(sys.argv[1:]))\n"
     )
