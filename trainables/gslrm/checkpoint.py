@@ -6,10 +6,10 @@ File format (FaceLift's, which we also write): a `torch.save`d dict
 Ours add "rng" (torch RNG states) and "format". Files are always read with
 `torch.load(weights_only=True)`: no pickled code runs, whatever the file holds.
 
-Parameter names map through `PARAMETER_TABLE`, the single place that says which FaceLift
-name becomes which of ours. Keys of the frozen loss networks (`loss_calculator.*`: VGG19 of the
+Our parameter names are FaceLift's (same modules, same order), so a FaceLift state_dict loads
+as it is. Keys of the frozen loss networks (`loss_calculator.*`: VGG19 of the
 perceptual loss, LPIPS) are dropped by `DROPPED_PREFIXES` and counted in the load report.
-Anything else that does not map, any missing parameter and any shape mismatch stops the load
+Any other name the model does not have, any missing parameter and any shape mismatch stops the load
 with one `CheckpointError` listing them: never a silent strict=False.
 
 CLI: `python -m trainables.gslrm.checkpoint inspect PATH [--config CFG] [--set k=v ...]`.
@@ -34,22 +34,6 @@ from trainables.gslrm.atomic import atomic_path
 
 # (FaceLift state_dict name pattern, our name template). Our modules carry FaceLift's names,
 # so every template is the identity; a renamed module would change its row here and nowhere else.
-PARAMETER_TABLE: list[tuple[str, str]] = [
-    (r"gaussian_position_embeddings", r"gaussian_position_embeddings"),
-    (r"patch_embedder\.1\.weight", r"patch_embedder.1.weight"),
-    (r"input_layer_norm\.weight", r"input_layer_norm.weight"),
-    (r"transformer_layers\.(\d+)\.(norm1|norm2)\.weight", r"transformer_layers.\1.\2.weight"),
-    (
-        r"transformer_layers\.(\d+)\.attn\.(to_qkv|fc)\.weight",
-        r"transformer_layers.\1.attn.\2.weight",
-    ),
-    (
-        r"transformer_layers\.(\d+)\.mlp\.mlp\.(0|2)\.weight",
-        r"transformer_layers.\1.mlp.mlp.\2.weight",
-    ),
-    (r"gaussian_upsampler\.(layernorm|linear)\.weight", r"gaussian_upsampler.\1.weight"),
-    (r"pixel_gaussian_decoder\.(0|1)\.weight", r"pixel_gaussian_decoder.\1.weight"),
-]
 # Frozen weights of FaceLift's loss networks: stored in its model state_dict, not model parameters.
 DROPPED_PREFIXES = ("loss_calculator.",)
 # DDP-wrapped models save with this prefix; it is stripped before mapping.
@@ -75,24 +59,18 @@ class LoadReport:
         )
 
 
-def map_state_dict(
-    source: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], int, list[str]]:
-    """FaceLift/our state_dict -> (our-named tensors, number dropped, names that map nowhere)."""
-    mapped, dropped, unmapped = {}, 0, []
-    compiled = [(re.compile(pattern), template) for pattern, template in PARAMETER_TABLE]
+def map_state_dict(source: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """FaceLift/our state_dict -> (model tensors under our names, number of loss-network
+    tensors dropped). Names are shared, so only the DDP prefix and the frozen loss networks go;
+    anything that is not a model parameter is caught by check_fits."""
+    mapped, dropped = {}, 0
     for name, tensor in source.items():
         key = name.removeprefix(WRAPPER_PREFIX)
         if key.startswith(DROPPED_PREFIXES):
             dropped += 1
             continue
-        for pattern, template in compiled:
-            if pattern.fullmatch(key):
-                mapped[pattern.sub(template, key)] = tensor
-                break
-        else:
-            unmapped.append(name)
-    return mapped, dropped, unmapped
+        mapped[key] = tensor
+    return mapped, dropped
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -117,9 +95,7 @@ def checkpoint_step(data: dict[str, Any]) -> int:
     return int(data.get("param_update_step", data.get("fwdbwd_pass_step", 0)))
 
 
-def check_fits(
-    model: nn.Module, mapped: dict[str, torch.Tensor], unmapped: list[str], path: str
-) -> None:
+def check_fits(model: nn.Module, mapped: dict[str, torch.Tensor], path: str) -> None:
     """Raise one CheckpointError listing every key or shape problem."""
     expected = model.state_dict()
     problems = []
@@ -139,7 +115,7 @@ def check_fits(
             f"missing in checkpoint ({len(missing)}): {', '.join(missing[:8])}"
             f"{' ...' if len(missing) > 8 else ''}"
         )
-    unexpected = unmapped + [k for k in mapped if k not in expected]
+    unexpected = [k for k in mapped if k not in expected]
     if unexpected:
         problems.append(
             f"unexpected in checkpoint ({len(unexpected)}): {', '.join(unexpected[:8])}"
@@ -154,8 +130,8 @@ def load_weights(model: nn.Module, path: str | Path) -> tuple[LoadReport, dict[s
 
     Returns the report and the raw checkpoint dict (for optimizer / step state)."""
     data = read_checkpoint(path)
-    mapped, dropped, unmapped = map_state_dict(data["model"])
-    check_fits(model, mapped, unmapped, str(path))
+    mapped, dropped = map_state_dict(data["model"])
+    check_fits(model, mapped, str(path))
     model.load_state_dict(mapped, strict=True)
     return LoadReport(str(path), len(mapped), dropped, checkpoint_step(data)), data
 
@@ -227,7 +203,7 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 def implied_shape(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Model sizes that the weights determine (d_head and image_size do not show in shapes)."""
-    mapped, _, _ = map_state_dict(state)
+    mapped, _ = map_state_dict(state)
     embed = mapped["patch_embedder.1.weight"]
     layers = {int(m.group(1)) for k in mapped if (m := re.match(r"transformer_layers\.(\d+)\.", k))}
     return {
@@ -260,13 +236,13 @@ def inspect(
     start = time.perf_counter()
     data = read_checkpoint(path)
     seconds = time.perf_counter() - start
-    mapped, dropped, unmapped = map_state_dict(data["model"])
+    mapped, dropped = map_state_dict(data["model"])
     lines = [
         f"checkpoint: {path}",
         f"read in {seconds:.2f} s",
         f"step: {checkpoint_step(data)}",
         f"model tensors: {len(mapped)} ({sum(t.numel() for t in mapped.values()):,} parameters); "
-        f"dropped loss-network tensors: {dropped}; unmapped: {len(unmapped)}",
+        f"dropped loss-network tensors: {dropped}",
     ]
     try:
         shape = implied_shape(data["model"])
@@ -283,7 +259,7 @@ def inspect(
         with torch.device("meta"):
             model = GSLRM(config.model)
         try:
-            check_fits(model, mapped, unmapped, str(path))
+            check_fits(model, mapped, str(path))
             lines.append(f"loads into {config_path}: yes")
             loads = True
         except CheckpointError as exc:
