@@ -15,6 +15,9 @@ Files per trial (in the study folder):
     runs/<trial_id>/           the trainer's run folder (metrics.jsonl, pictures, checkpoints, wandb)
     runs/<trial_id>/attempts.jsonl   one line per worker-group start (restarts = lines - 1)
     runs/<trial_id>/train_result.json / diverged.json   how the loop ended (rank 0)
+    runs/<trial_id>/run_info.json   trial id, study, seed, code version (at each start)
+    train/<study>-<trial_id>/checkpoint_*/   Ray Train's reported checkpoints: hard links to the
+                               run's own files (one copy on disk; copied only across filesystems)
     tune-<id>/<trial>/trial_summary.json  status, error, steps_run (the trainer's last step),
                                wall_s (the trial's fit), gpu_s (GPU time of the training steps,
                                CUDA events; 0 on CPU), restarts, seed, code version, full config
@@ -47,6 +50,7 @@ from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 
 SUMMARY_FILE = "trial_summary.json"
 ATTEMPTS_FILE = "attempts.jsonl"
+RUN_INFO_FILE = "run_info.json"  # trial id, study, seed, code version: written at each start
 
 
 @dataclass
@@ -146,6 +150,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         with (run_dir / ATTEMPTS_FILE).open("a") as handle:
             handle.write(json.dumps({"time": time.time(), "world_size": world}) + "\n")
+        # What a trial stopped mid-fit (no trial_summary.json) still tells the analysis.
+        write_json_atomic(run_dir / RUN_INFO_FILE, loop_config["run_info"])
 
     resume_dir = None
     restored = ray.train.get_checkpoint()
@@ -155,12 +161,27 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         restored.to_directory(str(resume_dir))
     resume_file = next(iter(sorted(resume_dir.glob("ckpt_*.pt"))), None) if resume_dir else None
 
+    train_run_dir = Path(loop_config["train_run_dir"])
+
+    def upload(checkpoint, dir_name: str):
+        # Ray would copy the staged file into train/ (a second 1.2 GB copy of the run's own
+        # file); a hard link there keeps one copy on disk under both names.
+        target = train_run_dir / dir_name
+        target.mkdir(parents=True, exist_ok=True)
+        for source in Path(checkpoint.path).iterdir():
+            link_or_copy(source, target / source.name)
+        return ray.train.Checkpoint.from_directory(str(target))
+
     def report(metrics: dict[str, float], checkpoint_file: Path | None) -> None:
         if checkpoint_file is None:
             ray.train.report(metrics)
             return
         with staged_for_report(checkpoint_file) as folder:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                checkpoint_upload_fn=upload,
+            )
 
     hooks = Hooks(
         device=ray.train.torch.get_device(),
@@ -171,6 +192,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report=report,
         resume_checkpoint=resume_file,
         wandb_run_name=loop_config["trial_id"],
+        wandb_group=loop_config["run_info"]["study"],
+        wandb_tags=tuple(loop_config["wandb_tags"]),
+        wandb_job_type="trial",
     )
     try:
         result = train(config, run_dir, hooks)
@@ -219,7 +243,38 @@ def _root_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
+def train_run_name(settings: TrialSettings, trial_id: str) -> str:
+    """The trial's Ray Train run folder under STUDY_DIR/train/ (named after the Tune trial, so a
+    restarted trial finds its own run)."""
+    return f"{settings.study}-{trial_id}"
+
+
+def wandb_tags(sampled: dict[str, Any]) -> list[str]:
+    """A trial's searched values as W&B tags, "<last key part>=<value>", e.g.
+    {"training.losses.ssim_loss_weight": 0.5} -> ["ssim_loss_weight=0.5"] (W&B caps a tag at
+    64 characters)."""
+    tags = []
+    for key, value in sorted(flat_config_values(sampled).items()):
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        tags.append(f"{key.rsplit('.', 1)[-1]}={shown}"[:64])
+    return tags
+
+
+def flat_config_values(sampled: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tune's sampled config (dotted keys, or nested dicts) -> {dotted key: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in sampled.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flat_config_values(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def make_trainer(
+    settings: TrialSettings, config, trial_id: str, run_dir: Path, sampled: dict[str, Any]
+):
     """The trial's TorchTrainer: its workers run `train_worker`; rank 0's reports go to Tune."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -231,6 +286,16 @@ def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
             "config": config_to_dict(config),
             "trial_id": trial_id,
             "run_dir": str(run_dir),
+            "train_run_dir": str(
+                Path(settings.study_dir) / "train" / train_run_name(settings, trial_id)
+            ),
+            "wandb_tags": wandb_tags(sampled),
+            "run_info": {
+                "trial_id": trial_id,
+                "study": settings.study,
+                "seed": config.training.runtime.seed,
+                "code_version": code_version(),
+            },
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers,
@@ -241,7 +306,7 @@ def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
             },
         ),
         run_config=ray.train.RunConfig(
-            name=f"{settings.study}-{trial_id}",
+            name=train_run_name(settings, trial_id),
             storage_path=str(Path(settings.study_dir) / "train"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
@@ -295,7 +360,7 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s)
     )
-    trainer = make_trainer(settings, config, trial_id, run_dir)
+    trainer = make_trainer(settings, config, trial_id, run_dir, sampled)
     start = time.perf_counter()
     error, stop_note = fit(trainer)
     wall_s = time.perf_counter() - start
