@@ -47,7 +47,7 @@ from study.state import INTERRUPTED_FILE, check_not_moved, check_state_files, re
 from study.studies import STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import ConfigError, apply_overrides
-from trainables.ray_trainable import TrialSettings, run_trial
+from trainables.ray_trainable import TrialSettings, rebuild_wandb_run, run_trial
 
 # The pieces tests and users import from here, kept importable under their old names.
 __all__ = ["StudyError", "main", "parser", "run", "start_ray"]
@@ -387,6 +387,9 @@ def run(args: argparse.Namespace) -> int:
                 study_dir / INTERRUPTED_FILE,
                 {"finished": done, "planned": planned, "time": interrupts[0]},
             )
+        if not interrupts:  # an interrupted trial's run continues when the study resumes
+            for run_dir in sorted((study_dir / "runs").glob("*")):
+                rebuild_wandb_run(run_dir)
         errors = sum(1 for r in results if r.error is not None)
         print(
             f"[study] {plan.name}: {done} of {planned} trials finished in {wall:.0f} s "

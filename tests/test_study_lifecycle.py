@@ -279,6 +279,10 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     psnr = pd.read_json(study_dir / "runs" / finished["trial_id"] / "metrics.jsonl", lines=True)
     assert wb.summary["val/psnr_fg"]["max"] == pytest.approx(psnr["val/psnr_fg"].max())
 
+    # TensorBoard (Tune's logger) steps by the trainer step too
+    events = next(study_dir.glob(f"tune-*/*{finished['trial_id']}*/events.out.tfevents.*"))
+    assert tensorboard_steps(events, "val/psnr_fg") == [10, 20]
+
     # a copy refuses to resume; the original's optuna.db is untouched
     database = sha256(study_dir / "optuna.db")
     copy_storage = tmp_path / "copy"
@@ -307,6 +311,24 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     assert len(trials) == 2 and trials["code_version"].notna().all()
 
 
+def tensorboard_steps(events_file: Path, tag_part: str) -> list[int]:
+    """Steps of the scalars whose tag contains `tag_part` in a TensorBoard events file
+    (TFRecord framing: uint64 length, uint32 crc, payload, uint32 crc; payload an Event)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, pos, steps = events_file.read_bytes(), 0, []
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        if any(tag_part in value.tag for value in event.summary.value):
+            steps.append(int(event.step))
+    return steps
+
+
 def _second_runs(study_dir: Path) -> list[Path]:
     """Run folders of trials that have no summary yet (the one running now)."""
     done = {
@@ -314,3 +336,42 @@ def _second_runs(study_dir: Path) -> list[Path]:
     }
     runs = study_dir / "runs"
     return [p for p in runs.iterdir() if p.name not in done] if runs.is_dir() else []
+
+
+def test_killed_trials_wandb_run_is_rebuilt_finished_from_its_run_folder(tmp_path, monkeypatch):
+    """A worker killed mid-fit (ASHA stop) leaves a header-only offline run; the driver writes
+    it again from metrics.jsonl, finished, at trainer steps, with group, tags and max summary."""
+    from trainables.gslrm.config import load_config, save_config
+    from trainables.ray_trainable import LOOP_ENDED_FILE, RUN_INFO_FILE, rebuild_wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "runs" / "a1b2c_00001"
+    killed = run_dir / "wandb_logs" / "wandb" / "offline-run-20261202_010000-a1b2c_00001"
+    killed.mkdir(parents=True)
+    (killed / "run-a1b2c_00001.wandb").write_bytes(b":W&B\xe1\xbe\x00")  # header only
+    config = load_config(REPO / "configs" / "smoke.yaml", ["training.logging.wandb.mode=offline"])
+    save_config(config, run_dir / "config.yaml")
+    (run_dir / RUN_INFO_FILE).write_text(
+        json.dumps(
+            {
+                "trial_id": "a1b2c_00001",
+                "study": "mouse_loss_sweep",
+                "wandb": {"group": "mouse_loss_sweep", "tags": ["lr=0.0004"], "job_type": "trial"},
+            }
+        )
+    )
+    lines = [
+        {"step": 10, "train/loss": 0.5, "val/psnr_fg": 12.0},
+        {"step": 20, "train/loss": 0.4, "val/psnr_fg": 11.0},
+    ]
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"step": 30, "tra'
+    )
+    assert rebuild_wandb_run(run_dir)
+    assert not killed.exists()
+    (rebuilt,) = (run_dir / "wandb_logs" / "wandb").glob("offline-run-*/run-a1b2c_00001.wandb")
+    wb = read_offline_run(rebuilt)
+    assert wb.exited and wb.group == "mouse_loss_sweep" and wb.job_type == "trial"
+    assert wb.tags == ["lr=0.0004"] and wb.history_steps == [10, 20]
+    assert wb.summary["val/psnr_fg"] == {"max": 12.0}
+    assert (run_dir / LOOP_ENDED_FILE).exists() and not rebuild_wandb_run(run_dir)

@@ -50,7 +50,10 @@ from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 
 SUMMARY_FILE = "trial_summary.json"
 ATTEMPTS_FILE = "attempts.jsonl"
-RUN_INFO_FILE = "run_info.json"  # trial id, study, seed, code version: written at each start
+RUN_INFO_FILE = "run_info.json"  # trial id, study, seed, code version, W&B grouping
+# rank 0 touches this when the loop returns or raises (it then finished its W&B run itself);
+# a worker killed mid-fit (Tune stopping the trial) leaves it absent
+LOOP_ENDED_FILE = "loop_ended"
 
 
 @dataclass
@@ -152,6 +155,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             handle.write(json.dumps({"time": time.time(), "world_size": world}) + "\n")
         # What a trial stopped mid-fit (no trial_summary.json) still tells the analysis.
         write_json_atomic(run_dir / RUN_INFO_FILE, loop_config["run_info"])
+        (run_dir / LOOP_ENDED_FILE).unlink(missing_ok=True)
 
     resume_dir = None
     restored = ray.train.get_checkpoint()
@@ -173,6 +177,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         return ray.train.Checkpoint.from_directory(str(target))
 
     def report(metrics: dict[str, float], checkpoint_file: Path | None) -> None:
+        if "step" in metrics:
+            # Tune's TensorBoard logger steps by timesteps_total when a result has it (else by
+            # Tune iteration 1, 2, 3): the trainer step, as in W&B, metrics.jsonl and curves.
+            metrics = {**metrics, "timesteps_total": metrics["step"]}
         if checkpoint_file is None:
             ray.train.report(metrics)
             return
@@ -192,9 +200,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report=report,
         resume_checkpoint=resume_file,
         wandb_run_name=loop_config["trial_id"],
-        wandb_group=loop_config["run_info"]["study"],
-        wandb_tags=tuple(loop_config["wandb_tags"]),
-        wandb_job_type="trial",
+        wandb_group=loop_config["run_info"]["wandb"]["group"],
+        wandb_tags=tuple(loop_config["run_info"]["wandb"]["tags"]),
+        wandb_job_type=loop_config["run_info"]["wandb"]["job_type"],
     )
     try:
         result = train(config, run_dir, hooks)
@@ -206,6 +214,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+        if rank == 0:  # the loop returned or raised, so it finished its W&B run itself
+            (run_dir / LOOP_ENDED_FILE).touch()
     if rank == 0:
         write_json_atomic(
             run_dir / RESULT_FILE,
@@ -289,12 +299,16 @@ def make_trainer(
             "train_run_dir": str(
                 Path(settings.study_dir) / "train" / train_run_name(settings, trial_id)
             ),
-            "wandb_tags": wandb_tags(sampled),
             "run_info": {
                 "trial_id": trial_id,
                 "study": settings.study,
                 "seed": config.training.runtime.seed,
                 "code_version": code_version(),
+                "wandb": {
+                    "group": settings.study,
+                    "tags": wandb_tags(sampled),
+                    "job_type": "trial",
+                },
             },
         },
         scaling_config=ray.train.ScalingConfig(
@@ -399,3 +413,53 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------
+# driver side, after the study
+
+
+def rebuild_wandb_run(run_dir: Path) -> bool:
+    """Finish the W&B offline run of a trial whose worker was killed mid-fit; True if rebuilt.
+
+    When Tune stops a trial (ASHA) its Train workers are killed, so the trainer never finishes
+    its W&B run and the offline file holds only a header. The run folder still has everything
+    the run logged (metrics.jsonl, config.yaml, run_info.json): the offline run is written
+    again from them, at the trainer's steps, with the same id, group and tags, and finished
+    (validation pictures are not replayed). Runs whose loop ended by itself are left alone.
+    """
+    from trainables.gslrm.train import Hooks, MetricsLog
+
+    info = _read_json(run_dir / RUN_INFO_FILE)
+    wandb_dir = run_dir / "wandb_logs"
+    if (run_dir / LOOP_ENDED_FILE).exists() or not info or not wandb_dir.is_dir():
+        return False
+    config = load_config(run_dir / "config.yaml")
+    if config.training.logging.wandb.mode == "disabled":
+        return False
+    records = []
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by the kill
+    for old in (wandb_dir / "wandb").glob(f"*-{info['trial_id']}"):
+        shutil.rmtree(old, ignore_errors=True)  # the killed run's header-only folder
+    grouping = info.get("wandb", {})
+    hooks = Hooks(
+        wandb_run_name=str(info["trial_id"]),
+        wandb_group=grouping.get("group", ""),
+        wandb_tags=tuple(grouping.get("tags", ())),
+        wandb_job_type=grouping.get("job_type", ""),
+    )
+    log = MetricsLog(run_dir, config, hooks)
+    try:
+        for record in records:
+            step = record.pop("step", None)
+            if isinstance(step, int) and log.wandb_run is not None:
+                log.wandb_run.log(record, step=step)
+    finally:
+        log.close()
+    (run_dir / LOOP_ENDED_FILE).touch()
+    return True

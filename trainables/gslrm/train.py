@@ -536,13 +536,14 @@ def validation_round(
     return metrics, picture, checkpoint
 
 
-# W&B summary per metric name pattern: quality metrics keep their max, losses their min.
+# W&B summary per metric name (W&B globs only a trailing "*"): quality metrics keep their
+# max, the total training loss its min.
 WANDB_SUMMARIES = (
     ("val/psnr*", "max"),
     ("val/mask_iou", "max"),
     ("train/psnr*", "max"),
     ("train/mask_iou", "max"),
-    ("*loss*", "min"),
+    ("train/loss", "min"),
 )
 
 
