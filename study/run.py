@@ -43,7 +43,13 @@ from study.plan import (
     user_dataset,
 )
 from study.resources import ResourceError, TrialRequest, gpus_per_worker
-from study.state import INTERRUPTED_FILE, check_not_moved, check_state_files, restore_error
+from study.state import (
+    INTERRUPTED_FILE,
+    check_not_moved,
+    check_state_files,
+    ended_trials,
+    restore_error,
+)
 from study.studies import STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import ConfigError, apply_overrides
@@ -381,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         with graceful_interrupt() as interrupts:
             results = tuner.fit()
         wall = time.perf_counter() - start
-        done, planned = results.num_terminated + results.num_errors, planned_trials(plan)
+        planned = planned_trials(plan)
+        done = ended_trials(tune_dir) if interrupts else len(results)
         if interrupts:
             write_json_atomic(
                 study_dir / INTERRUPTED_FILE,

@@ -96,3 +96,20 @@ def restore_error(tune_dir: Path, exc: BaseException) -> StudyError:
         f"{tune_dir}: Tune could not restore the study from its state ({type(exc).__name__}: "
         f"{reason}); the study cannot be resumed from it, start it again with --storage DIR"
     )
+
+
+def ended_trials(tune_dir: Path) -> int:
+    """Trials Tune's newest saved state records as ended (TERMINATED or ERROR).
+
+    After Ctrl-C the ResultGrid calls the trials it stopped TERMINATED too; the saved state
+    keeps them RUNNING (they restart on --resume), so it is the count to report.
+    """
+    states = sorted(tune_dir.glob(TUNE_STATE_GLOB), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return 0
+    try:
+        entries = json.loads(states[-1].read_text(encoding="utf-8")).get("trial_data", [])
+        statuses = [json.loads(entry[0]).get("status") for entry in entries]
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return 0
+    return sum(status in ("TERMINATED", "ERROR") for status in statuses)
