@@ -326,6 +326,19 @@ def graceful_interrupt() -> Iterator[list[float]]:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
 
 
+def finish_killed_wandb_runs(study_dir: Path) -> None:
+    """Rebuild the W&B runs of trials killed mid-fit; a failure is a warning, not the study's."""
+    for run_dir in sorted((study_dir / "runs").glob("*")):
+        try:
+            rebuild_wandb_run(run_dir)
+        except Exception as exc:  # noqa: BLE001 - the report must still be written
+            print(
+                f"[study] warning: W&B run of {run_dir.name} not rebuilt ({exc})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
 def resume_command(plan: StudyPlan, storage_given: bool) -> str:
     parts = ["python -m study.run", plan.name, "--resume"]
     if plan.smoke:
@@ -402,9 +415,8 @@ def run(args: argparse.Namespace) -> int:
                 study_dir / INTERRUPTED_FILE,
                 {"finished": done, "planned": planned, "time": interrupts[0]},
             )
-        if not interrupts:  # an interrupted trial's run continues when the study resumes
-            for run_dir in sorted((study_dir / "runs").glob("*")):
-                rebuild_wandb_run(run_dir)
+        else:  # (an interrupted trial's W&B run goes on when the study resumes)
+            finish_killed_wandb_runs(study_dir)
         errors = sum(1 for r in results if r.error is not None)
         print(
             f"[study] {plan.name}: {done} of {planned} trials finished in {wall:.0f} s "
@@ -528,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownStudyError, ConfigError, SearchSpaceError, StudyError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trials started
+        print(
+            f"aborted; whatever Tune saved continues with `python -m study.run {args.name} "
+            "--resume` (with the --smoke / --storage the study was started with)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":
