@@ -1,8 +1,10 @@
 """Compare the two levels of each factor over the trials table: per-level CIs, paired and
 Welch differences, and one plain sentence about the study objective.
 
-Which trials count: those with a finite final objective value that neither errored nor
-diverged (the others are still counted in the report's status line and flags).
+Which trials count: those that ran to the end (finished) with a finite final objective value
+and did not diverge. Trials stopped early (ASHA) are left out: their "final" value is from an
+earlier step than the others', and a mean over both would compare steps, not settings (the
+report says how many were left out; they still count in its status line, flags and curves).
 
 Pairing: two trials form a pair when every config key except the factor's own keys is
 equal (the seed included). Keys that are constant among the analysed trials are skipped
@@ -60,7 +62,7 @@ def analysis_set(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
     if column not in trials.columns or trials.empty:
         return trials.iloc[0:0]
     values = trials[column].astype(float)
-    keep = np.isfinite(values) & (trials["status"] != "errored") & ~trials["flag_diverged"]
+    keep = np.isfinite(values) & (trials["status"] == "finished") & ~trials["flag_diverged"]
     return trials[keep.to_numpy(dtype=bool)]
 
 

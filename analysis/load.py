@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class StudyInfo:
     optuna_storage: Path | None
     optuna_study_name: str | None
     created: str | None
+    # interrupted.json when Ctrl-C ended the last run early ({"finished", "planned", "time"})
+    interrupted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class TrialFiles:
     reports: list[dict[str, Any]]  # result.json lines, flattened with "/", in file order
     summary: dict[str, Any] | None
     error_text: str | None
+    # From the trainer's run folder (STUDY/runs/<trial id>/), which a trial stopped mid-fit
+    # fills although it never wrote its summary: config.yaml (every key, flattened with ".")
+    # and run_info.json (seed, code version).
+    run_config: dict[str, Any] | None = None
+    run_info: dict[str, Any] | None = None
 
 
 def flatten(data: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
@@ -125,6 +132,7 @@ def read_study_info(study_dir: Path) -> StudyInfo:
         optuna_storage=(study_dir / storage) if storage else None,
         optuna_study_name=data.get("optuna_study_name") or None,
         created=data.get("created"),
+        interrupted=read_json_object(study_dir / "interrupted.json"),
     )
 
 
@@ -170,8 +178,31 @@ def find_trial_folders(study_dir: Path) -> list[Path]:
     )
 
 
+def read_yaml_mapping(path: Path) -> dict[str, Any] | None:
+    """A YAML mapping from ``path``, or None when missing, unreadable or not a mapping."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def with_run_files(trial: TrialFiles, study_dir: Path) -> TrialFiles:
+    """The trial plus what its run folder STUDY/runs/<trial id>/ holds (the folder moves with
+    the study, so it is found here rather than by the absolute path the summary records)."""
+    run_dir = Path(study_dir) / "runs" / trial_id(trial)
+    config = read_yaml_mapping(run_dir / "config.yaml")
+    return replace(
+        trial,
+        run_config=flatten(config, ".") if config is not None else None,
+        run_info=read_json_object(run_dir / "run_info.json"),
+    )
+
+
 def read_trials(study_dir: Path) -> list[TrialFiles]:
-    return [read_trial(folder) for folder in find_trial_folders(study_dir)]
+    return [with_run_files(read_trial(f), study_dir) for f in find_trial_folders(study_dir)]
 
 
 def trial_id(trial: TrialFiles) -> str:
@@ -186,11 +217,22 @@ def trial_id(trial: TrialFiles) -> str:
 
 
 def trial_config(trial: TrialFiles) -> dict[str, Any]:
-    """Every config key we know for the trial: the summary's full config over params.json."""
+    """Every config key we know for the trial: the summary's full config, else the run's own
+    config.yaml (a trial stopped mid-fit has no summary), over params.json."""
     config = dict(trial.params)
     if trial.summary and isinstance(trial.summary.get("config"), dict):
         config.update(flatten(trial.summary["config"], "."))
+    elif trial.run_config:
+        config.update(trial.run_config)
     return config
+
+
+def trial_record(trial: TrialFiles, key: str) -> Any:
+    """`key` ("seed", "code_version") from the summary, else from the run's run_info.json."""
+    for record in (trial.summary, trial.run_info):
+        if record and record.get(key) is not None:
+            return record[key]
+    return None
 
 
 def trial_status(trial: TrialFiles, last_step: int | None, max_steps: int | None) -> str:

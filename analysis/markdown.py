@@ -60,21 +60,43 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
     return ordered
 
 
+def partial_note(study: StudyInfo) -> str | None:
+    """The warning a study ended by Ctrl-C gets at the top of its report (None otherwise)."""
+    if study.interrupted is None:
+        return None
+    done, planned = study.interrupted.get("finished"), study.interrupted.get("planned")
+    return (
+        f"**Partial report: the study was interrupted** with {cell(done)} of {cell(planned)} "
+        f"trials finished; continue it with `python -m study.run {study.name} --resume` "
+        "(add the --smoke / --storage it was started with)."
+    )
+
+
 def header_section(study: StudyInfo, trials: pd.DataFrame, n_analysed: int) -> str:
     counts = status_counts(trials)
     by_status = ", ".join(f"{n} {s}" for s, n in counts.items()) or "none yet"
     direction = "higher is better" if study.mode == "max" else "lower is better"
+    stopped = counts.get("stopped_early", 0)
+    left_out = (
+        f" {stopped} stopped-early trial{'' if stopped == 1 else 's'} "
+        f"{'is' if stopped == 1 else 'are'} left out of the best trials and the comparisons: "
+        "their last value is from an earlier step, and comparing it with final values would "
+        "compare steps, not settings (see Flags and the curves)."
+        if stopped
+        else ""
+    )
+    note = partial_note(study)
     return "\n".join(
         [
             f"# Study report: {study.name}",
             "",
+            *([note, ""] if note else []),
             f"**{len(trials)} trials**: {by_status}.",
             "",
             f"Objective: `{study.objective}` ({direction}), final value per trial. "
             f"Max steps: {study.max_steps if study.max_steps is not None else 'unknown'}. "
             f"Means and differences use {n_analysed} trial{'' if n_analysed == 1 else 's'} "
-            "with a final objective value that neither errored nor diverged (stopped-early "
-            "trials are included at their last reported value).",
+            "that ran to the end with a final objective value and did not diverge." + left_out,
         ]
     )
 

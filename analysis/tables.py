@@ -53,6 +53,7 @@ from analysis.load import (
     trial_config,
     trial_error,
     trial_id,
+    trial_record,
     trial_status,
 )
 from analysis.metrics import ALWAYS_PRESENT_METRICS, higher_is_better, is_metric_key
@@ -185,6 +186,10 @@ def study_metrics(study: StudyInfo, trials: Iterable[TrialFiles]) -> list[str]:
     return sorted(reported | set(ALWAYS_PRESENT_METRICS) | {study.objective})
 
 
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 def trial_row(study: StudyInfo, trial: TrialFiles, metrics: Sequence[str]) -> dict[str, Any]:
     """One trials-table row as plain Python values (typing happens per column later)."""
     curve = trial_curve(trial)
@@ -207,8 +212,8 @@ def trial_row(study: StudyInfo, trial: TrialFiles, metrics: Sequence[str]) -> di
         "wall_s": _number(summary.get("wall_s", curve[-1]["time_total_s"] if curve else None)),
         "gpu_s": _number(summary.get("gpu_s")),
         "restarts": _integer(summary.get("restarts")),
-        "seed": _integer(summary.get("seed", config.get("training.runtime.seed"))),
-        "code_version": summary.get("code_version"),
+        "seed": _integer(_first(trial_record(trial, "seed"), config.get("training.runtime.seed"))),
+        "code_version": trial_record(trial, "code_version"),
     }
     for metric in metrics:
         best, step = best_value(curve, metric)

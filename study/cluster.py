@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 from study.plan import REPO_ROOT, StudyError
+from study.resources import TrialRequest, alive_node_resources, check_trial_fits
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:
@@ -90,7 +91,11 @@ def start_ray(
             ) from None
     else:
         # Trials reserve a `trial_slot` instead of a CPU so both CPUs stay free for Train workers.
+        # address="local": always a new cluster of our own. Without it ray.init joins the one
+        # another user started with `ray start --head` (found in /tmp/ray/ray_current_cluster,
+        # or RAY_ADDRESS), whose resources and storage this study never asked for.
         context = ray.init(
+            address="local",
             include_dashboard=True,
             dashboard_host=dashboard_host,
             resources={"trial_slot": max_concurrent},
@@ -108,3 +113,17 @@ def gpus_per_trial(requested: float | None, workers: int) -> float:
     import ray
 
     return float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def check_cluster_fits(request: TrialRequest, autoscaling: bool) -> str | None:
+    """Refuse (ResourceError) a trial the connected cluster can never place, before the Tuner
+    starts: Ray would keep it pending forever without a word. Returns the warning to print
+    once instead on an autoscaling cluster, None when the trial fits."""
+    import ray
+
+    return check_trial_fits(
+        request,
+        ray.cluster_resources(),
+        alive_node_resources(ray.nodes()),
+        autoscaling=autoscaling,
+    )

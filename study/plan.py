@@ -260,6 +260,7 @@ def study_record(
         "workers_per_trial": plan.workers_per_trial,
         "gpus_per_trial": gpus_per_trial,
         "tune_dir": tune_dir.name,
+        "study_dir": str(plan.study_dir.resolve()),  # a moved folder is refused on --resume
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
         "command": sys.argv,
     }

@@ -6,26 +6,38 @@ Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NA
     tune-<id>/     Tune experiment state and one folder per trial (params, results, trial_summary.json);
                    the random id keeps Tune's local staging folders of studies started in the same
                    second on one cluster apart (Ray names them by experiment name and second)
-    train/         Ray Train run state and the reported checkpoints (best by objective + latest)
+    train/         Ray Train run state and the reported checkpoints (best by objective + latest),
+                   hard links to the run's own files: one copy on disk
+    interrupted.json  only after Ctrl-C ended a run early (N of M trials); the report says partial
     runs/<trial>/  the trainer's own files: metrics.jsonl, pictures, checkpoints, W&B offline run
     report/        trials.parquet, curves.parquet, report.md and plots
+
+Refused with exit 2 before Ray starts: a --gpus-per-trial / --workers-per-trial split that
+cannot train, a --resume of a moved or copied folder (its state holds the old absolute paths),
+an unreadable state file (named). Refused right after Ray starts: a trial the cluster can never
+place (warned once instead with --autoscaling). Ctrl-C: trials stop, the state is saved, exit 130
+with the --resume command to continue.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from search_spaces import SearchSpaceError, define_by_run, get_space
-from study.cluster import check_address, gpus_per_trial, ray_env, start_ray
+from study.cluster import check_address, check_cluster_fits, gpus_per_trial, ray_env, start_ray
 from study.plan import (
     StudyError,
     StudyPlan,
@@ -38,10 +50,18 @@ from study.plan import (
     synthetic_data_folder,
     user_dataset,
 )
+from study.resources import ResourceError, TrialRequest, gpus_per_worker
+from study.state import (
+    INTERRUPTED_FILE,
+    check_not_moved,
+    check_state_files,
+    ended_trials,
+    restore_error,
+)
 from study.studies import SIZES, STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import ConfigError, TrainerConfig, apply_overrides
-from trainables.ray_trainable import TrialSettings, run_trial
+from trainables.ray_trainable import TrialSettings, rebuild_wandb_run, run_trial
 
 # The pieces tests and users import from here, kept importable under their old names.
 __all__ = ["StudyError", "main", "parser", "run", "start_ray"]
@@ -259,21 +279,116 @@ def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float
         num_workers=workers,
         use_gpu=gpus > 0,
         cpus_per_worker=plan.cpus_per_worker,
-        gpus_per_worker=gpus / workers if gpus else 0.0,
+        gpus_per_worker=gpus_per_worker(workers, gpus),
         max_failures=plan.max_failures,
     )
+
+
+def trial_request(plan: StudyPlan, trial_resources: dict, gpus: float) -> TrialRequest:
+    """One trial's Ray bundles: its own (the function driving TorchTrainer.fit) + its workers'."""
+    per_worker = gpus_per_worker(plan.workers_per_trial, gpus)
+    worker = {"CPU": plan.cpus_per_worker, **({"GPU": per_worker} if per_worker else {})}
+    return TrialRequest(trial=trial_resources, worker=worker, workers=plan.workers_per_trial)
+
+
+def planned_trials(plan: StudyPlan) -> int:
+    """Trials the study runs in all: num_samples for a search, grid cells x repeats for a grid."""
+    if plan.spec.search == "optuna":
+        return plan.num_samples
+    cells = 1
+    for key, values in plan.spec.grid.items():
+        seeds = plan.grid_seeds if key == "training.runtime.seed" and plan.grid_seeds else None
+        cells *= len(seeds if seeds is not None else values)
+    return cells * plan.num_samples
+
+
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)" advice: resuming a study goes
+    through `python -m study.run NAME --resume`, which also restores the searcher and data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+@contextmanager
+def graceful_interrupt() -> Iterator[list[float]]:
+    """Ctrl-C ends the study the way Tune's own stop signal does; yields the times it came.
+
+    Tune's SIGINT handler gives no way to learn afterwards that it fired, so it is switched
+    off (TUNE_DISABLE_SIGINT_HANDLER, read when fit() starts) and the first Ctrl-C forwards
+    SIGUSR1, which Tune treats the same way: trials stop, the state is saved, fit() returns.
+    A second Ctrl-C raises KeyboardInterrupt at once.
+    """
+    hits: list[float] = []
+
+    def on_sigint(signum, frame) -> None:
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(time.time())
+        print(
+            "[study] Ctrl-C: stopping the running trials and saving the study state "
+            "(Ctrl-C again to abort at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    hint_filter = _NoRestoreHint()
+    tune_logger = logging.getLogger("ray.tune.tune")
+    tune_logger.addFilter(hint_filter)
+    try:
+        yield hits
+    finally:
+        tune_logger.removeFilter(hint_filter)
+        signal.signal(signal.SIGINT, previous)
+        if previous_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
+
+
+def finish_killed_wandb_runs(study_dir: Path) -> None:
+    """Rebuild the W&B runs of trials killed mid-fit; a failure is a warning, not the study's."""
+    for run_dir in sorted((study_dir / "runs").glob("*")):
+        try:
+            rebuild_wandb_run(run_dir)
+        except Exception as exc:  # noqa: BLE001 - the report must still be written
+            print(
+                f"[study] warning: W&B run of {run_dir.name} not rebuilt ({exc})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def resume_command(plan: StudyPlan, storage_given: bool) -> str:
+    parts = ["python -m study.run", plan.name, "--resume"]
+    if plan.size == "smoke":
+        parts.append("--smoke")
+    elif plan.size != "full":
+        parts += ["--size", plan.size]
+    if storage_given:
+        parts += ["--storage", str(plan.storage)]
+    return " ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     # --- checks that write nothing: bad input leaves the storage folder as it was (or absent)
     plan = make_plan(args)
+    if plan.gpus_per_trial is not None:
+        gpus_per_worker(plan.workers_per_trial, plan.gpus_per_trial)  # a bad split, before Ray
     study_dir = plan.study_dir
-    restore = check_resume_state(study_dir, plan.resume) is not None
+    earlier = check_resume_state(study_dir, plan.resume)
+    restore = earlier is not None
     if plan.address:
         check_address(plan.address)
     data_overrides = user_dataset(plan) if not restore else {}
     if restore:
         resumed_overrides(study_dir, plan.set_args)
+        check_not_moved(study_dir)
+        check_state_files(study_dir, earlier)
 
     # --- from here on this driver owns the study. The state is checked again under the lock:
     # another driver may have just started or finished it.
@@ -293,28 +408,62 @@ def run(args: argparse.Namespace) -> int:
     # --- Ray
     env = ray_env(plan.wandb or plan.config.training.logging.wandb.mode)
     dashboard = start_ray(plan.address, plan.max_concurrent, env, plan.dashboard_host)
-    print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
     import ray
 
-    gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
-    settings = trial_settings(plan, overrides, tune_dir, gpus)
-    trial_resources = {"CPU": 1.0} if plan.address else {"trial_slot": 1.0, "CPU": 0.0}
-    if not restore:
-        write_json_atomic(study_dir / "study.json", study_record(plan, overrides, gpus, tune_dir))
-    tuner = build_tuner(plan, settings, restore, trial_resources)
-    start = time.perf_counter()
-    results = tuner.fit()
-    wall = time.perf_counter() - start
-    errors = sum(1 for r in results if r.error is not None)
-    print(
-        f"[study] {plan.name}: {len(results)} trials in {wall:.0f} s ({errors} errored or diverged)",
-        flush=True,
-    )
-    from analysis.report import write_report
+    try:
+        print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
+        gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
+        trial_resources = {"CPU": 1.0} if plan.address else {"trial_slot": 1.0, "CPU": 0.0}
+        warning = check_cluster_fits(
+            trial_request(plan, trial_resources, gpus), autoscaling=args.autoscaling
+        )
+        if warning:
+            print(f"[study] warning: {warning}", file=sys.stderr, flush=True)
+        settings = trial_settings(plan, overrides, tune_dir, gpus)
+        if not restore:
+            write_json_atomic(
+                study_dir / "study.json", study_record(plan, overrides, gpus, tune_dir)
+            )
+        (study_dir / INTERRUPTED_FILE).unlink(missing_ok=True)
+        try:
+            tuner = build_tuner(plan, settings, restore, trial_resources)
+        except Exception as exc:  # noqa: BLE001 - Ray's many restore errors, one message
+            if not restore:
+                raise
+            raise restore_error(tune_dir, exc) from None
+        start = time.perf_counter()
+        with graceful_interrupt() as interrupts:
+            results = tuner.fit()
+        wall = time.perf_counter() - start
+        planned = planned_trials(plan)
+        done = ended_trials(tune_dir) if interrupts else len(results)
+        if interrupts:
+            write_json_atomic(
+                study_dir / INTERRUPTED_FILE,
+                {"finished": done, "planned": planned, "time": interrupts[0]},
+            )
+        else:  # (an interrupted trial's W&B run goes on when the study resumes)
+            finish_killed_wandb_runs(study_dir)
+        errors = sum(1 for r in results if r.error is not None)
+        print(
+            f"[study] {plan.name}: {done} of {planned} trials finished in {wall:.0f} s "
+            f"({errors} errored or diverged)",
+            flush=True,
+        )
+        from analysis.report import write_report
 
-    report = write_report(study_dir)
-    print(f"[study] report: {report}", flush=True)
-    ray.shutdown()
+        report = write_report(study_dir)
+        print(f"[study] report: {report}", flush=True)
+    finally:
+        ray.shutdown()
+    if interrupts:
+        print(
+            f"interrupted: {done} of {planned} trials finished; continue with "
+            f"`{resume_command(plan, args.storage is not None)}`",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     return 0
 
 
@@ -383,6 +532,12 @@ def parser() -> argparse.ArgumentParser:
         help="GPUs per trial (default: one per worker if the cluster has GPUs)",
     )
     p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: a trial larger than it is today is a warning, "
+        "not an error",
+    )
+    p.add_argument(
         "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker"
     )
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
@@ -431,9 +586,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args)
-    except (UnknownStudyError, ConfigError, SearchSpaceError, StudyError) as exc:
+    except (UnknownStudyError, ConfigError, SearchSpaceError, StudyError, ResourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trials started
+        print(
+            f"aborted; whatever Tune saved continues with `python -m study.run {args.name} "
+            "--resume` (with the --size / --storage the study was started with)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

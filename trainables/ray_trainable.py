@@ -15,6 +15,9 @@ Files per trial (in the study folder):
     runs/<trial_id>/           the trainer's run folder (metrics.jsonl, pictures, checkpoints, wandb)
     runs/<trial_id>/attempts.jsonl   one line per worker-group start (restarts = lines - 1)
     runs/<trial_id>/train_result.json / diverged.json   how the loop ended (rank 0)
+    runs/<trial_id>/run_info.json   trial id, study, seed, code version (at each start)
+    train/<study>-<trial_id>/checkpoint_*/   Ray Train's reported checkpoints: hard links to the
+                               run's own files (one copy on disk; copied only across filesystems)
     tune-<id>/<trial>/trial_summary.json  status, error, steps_run (the trainer's last step),
                                wall_s (the trial's fit), gpu_s (GPU time of the training steps,
                                CUDA events; 0 on CPU), restarts, seed, code version, full config
@@ -49,6 +52,10 @@ from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 SUMMARY_FILE = "trial_summary.json"
 EVAL_ERROR_FILE = "eval_error.json"  # why a finished run has no eval/ (see evaluate_at_end)
 ATTEMPTS_FILE = "attempts.jsonl"
+RUN_INFO_FILE = "run_info.json"  # trial id, study, seed, code version, W&B grouping
+# rank 0 touches this when the loop returns or raises (it then finished its W&B run itself);
+# a worker killed mid-fit (Tune stopping the trial) leaves it absent
+LOOP_ENDED_FILE = "loop_ended"
 
 
 @dataclass
@@ -148,6 +155,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         with (run_dir / ATTEMPTS_FILE).open("a") as handle:
             handle.write(json.dumps({"time": time.time(), "world_size": world}) + "\n")
+        # What a trial stopped mid-fit (no trial_summary.json) still tells the analysis.
+        write_json_atomic(run_dir / RUN_INFO_FILE, loop_config["run_info"])
+        (run_dir / LOOP_ENDED_FILE).unlink(missing_ok=True)
 
     resume_dir = None
     restored = ray.train.get_checkpoint()
@@ -157,12 +167,31 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         restored.to_directory(str(resume_dir))
     resume_file = next(iter(sorted(resume_dir.glob("ckpt_*.pt"))), None) if resume_dir else None
 
+    train_run_dir = Path(loop_config["train_run_dir"])
+
+    def upload(checkpoint, dir_name: str):
+        # Ray would copy the staged file into train/ (a second 1.2 GB copy of the run's own
+        # file); a hard link there keeps one copy on disk under both names.
+        target = train_run_dir / dir_name
+        target.mkdir(parents=True, exist_ok=True)
+        for source in Path(checkpoint.path).iterdir():
+            link_or_copy(source, target / source.name)
+        return ray.train.Checkpoint.from_directory(str(target))
+
     def report(metrics: dict[str, float], checkpoint_file: Path | None) -> None:
+        if "step" in metrics:
+            # Tune's TensorBoard logger steps by timesteps_total when a result has it (else by
+            # Tune iteration 1, 2, 3): the trainer step, as in W&B, metrics.jsonl and curves.
+            metrics = {**metrics, "timesteps_total": metrics["step"]}
         if checkpoint_file is None:
             ray.train.report(metrics)
             return
         with staged_for_report(checkpoint_file) as folder:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                checkpoint_upload_fn=upload,
+            )
 
     hooks = Hooks(
         device=ray.train.torch.get_device(),
@@ -173,6 +202,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report=report,
         resume_checkpoint=resume_file,
         wandb_run_name=loop_config["trial_id"],
+        wandb_group=loop_config["run_info"]["wandb"]["group"],
+        wandb_tags=tuple(loop_config["run_info"]["wandb"]["tags"]),
+        wandb_job_type=loop_config["run_info"]["wandb"]["job_type"],
     )
     try:
         result = train(config, run_dir, hooks)
@@ -184,6 +216,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     finally:
         if resume_dir is not None:
             shutil.rmtree(resume_dir, ignore_errors=True)
+        if rank == 0:  # the loop returned or raised, so it finished its W&B run itself
+            (run_dir / LOOP_ENDED_FILE).touch()
     if rank == 0:
         write_json_atomic(
             run_dir / RESULT_FILE,
@@ -237,7 +271,38 @@ def _root_cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
+def train_run_name(settings: TrialSettings, trial_id: str) -> str:
+    """The trial's Ray Train run folder under STUDY_DIR/train/ (named after the Tune trial, so a
+    restarted trial finds its own run)."""
+    return f"{settings.study}-{trial_id}"
+
+
+def wandb_tags(sampled: dict[str, Any]) -> list[str]:
+    """A trial's searched values as W&B tags, "<last key part>=<value>", e.g.
+    {"training.losses.ssim_loss_weight": 0.5} -> ["ssim_loss_weight=0.5"] (W&B caps a tag at
+    64 characters)."""
+    tags = []
+    for key, value in sorted(flat_config_values(sampled).items()):
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        tags.append(f"{key.rsplit('.', 1)[-1]}={shown}"[:64])
+    return tags
+
+
+def flat_config_values(sampled: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tune's sampled config (dotted keys, or nested dicts) -> {dotted key: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in sampled.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flat_config_values(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def make_trainer(
+    settings: TrialSettings, config, trial_id: str, run_dir: Path, sampled: dict[str, Any]
+):
     """The trial's TorchTrainer: its workers run `train_worker`; rank 0's reports go to Tune."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -249,6 +314,20 @@ def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
             "config": config_to_dict(config),
             "trial_id": trial_id,
             "run_dir": str(run_dir),
+            "train_run_dir": str(
+                Path(settings.study_dir) / "train" / train_run_name(settings, trial_id)
+            ),
+            "run_info": {
+                "trial_id": trial_id,
+                "study": settings.study,
+                "seed": config.training.runtime.seed,
+                "code_version": code_version(),
+                "wandb": {
+                    "group": settings.study,
+                    "tags": wandb_tags(sampled),
+                    "job_type": "trial",
+                },
+            },
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers,
@@ -259,7 +338,7 @@ def make_trainer(settings: TrialSettings, config, trial_id: str, run_dir: Path):
             },
         ),
         run_config=ray.train.RunConfig(
-            name=f"{settings.study}-{trial_id}",
+            name=train_run_name(settings, trial_id),
             storage_path=str(Path(settings.study_dir) / "train"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
@@ -313,7 +392,7 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     os.environ.setdefault(
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(settings.worker_start_timeout_s)
     )
-    trainer = make_trainer(settings, config, trial_id, run_dir)
+    trainer = make_trainer(settings, config, trial_id, run_dir, sampled)
     start = time.perf_counter()
     error, stop_note = fit(trainer)
     wall_s = time.perf_counter() - start
@@ -352,3 +431,53 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------
+# driver side, after the study
+
+
+def rebuild_wandb_run(run_dir: Path) -> bool:
+    """Finish the W&B offline run of a trial whose worker was killed mid-fit; True if rebuilt.
+
+    When Tune stops a trial (ASHA) its Train workers are killed, so the trainer never finishes
+    its W&B run and the offline file holds only a header. The run folder still has everything
+    the run logged (metrics.jsonl, config.yaml, run_info.json): the offline run is written
+    again from them, at the trainer's steps, with the same id, group and tags, and finished
+    (validation pictures are not replayed). Runs whose loop ended by itself are left alone.
+    """
+    from trainables.gslrm.train import Hooks, MetricsLog
+
+    info = _read_json(run_dir / RUN_INFO_FILE)
+    wandb_dir = run_dir / "wandb_logs"
+    if (run_dir / LOOP_ENDED_FILE).exists() or not info or not wandb_dir.is_dir():
+        return False
+    config = load_config(run_dir / "config.yaml")
+    if config.training.logging.wandb.mode == "disabled":
+        return False
+    records = []
+    metrics = run_dir / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line torn by the kill
+    for old in (wandb_dir / "wandb").glob(f"*-{info['trial_id']}"):
+        shutil.rmtree(old, ignore_errors=True)  # the killed run's header-only folder
+    grouping = info.get("wandb", {})
+    hooks = Hooks(
+        wandb_run_name=str(info["trial_id"]),
+        wandb_group=grouping.get("group", ""),
+        wandb_tags=tuple(grouping.get("tags", ())),
+        wandb_job_type=grouping.get("job_type", ""),
+    )
+    log = MetricsLog(run_dir, config, hooks)
+    try:
+        for record in records:
+            step = record.pop("step", None)
+            if isinstance(step, int) and log.wandb_run is not None:
+                log.wandb_run.log(record, step=step)
+    finally:
+        log.close()
+    (run_dir / LOOP_ENDED_FILE).touch()
+    return True

@@ -103,6 +103,8 @@ class Hooks:
     - `resume_checkpoint`: a checkpoint to resume from instead of the newest file in
       out_dir/checkpoints (e.g. the one Ray Train restored after a worker failure).
     - `wandb_run_name`: the W&B run name and id (main rank only).
+    - `wandb_group`, `wandb_tags`, `wandb_job_type`: W&B's grouping of runs (e.g. a study's
+      name, its searched values, "trial"); empty: none.
     """
 
     device: torch.device | None = None
@@ -113,6 +115,9 @@ class Hooks:
     report: Callable[[dict[str, float], Path | None], None] = _no_report
     resume_checkpoint: Path | None = None
     wandb_run_name: str = ""
+    wandb_group: str = ""
+    wandb_tags: tuple[str, ...] = ()
+    wandb_job_type: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -550,10 +555,22 @@ def best_checkpoint(
     return files[min(files, key=lambda s: (-sign * history[s], s))]
 
 
+# W&B summary per metric name (W&B globs only a trailing "*"): quality metrics keep their
+# max, the total training loss its min.
+WANDB_SUMMARIES = (
+    ("val/psnr*", "max"),
+    ("val/mask_iou", "max"),
+    ("train/psnr*", "max"),
+    ("train/mask_iou", "max"),
+    ("train/loss", "min"),
+)
+
+
 class MetricsLog:
     """metrics.jsonl beside the run, and W&B on the main rank when enabled."""
 
-    def __init__(self, out_dir: Path, config: TrainerConfig, run_name: str, enabled: bool):
+    def __init__(self, out_dir: Path, config: TrainerConfig, hooks: Hooks):
+        run_name, enabled = hooks.wandb_run_name, hooks.is_main
         self.path = out_dir / "metrics.jsonl"
         self.wandb_run = None
         self.enabled = enabled
@@ -571,8 +588,14 @@ class MetricsLog:
                 dir=str(wandb_dir),
                 mode=mode,
                 config=flat_config(config),
+                group=hooks.wandb_group or None,
+                tags=list(hooks.wandb_tags) or None,
+                job_type=hooks.wandb_job_type or None,
                 settings=wandb.Settings(silent=True, console="off"),
             )
+            # Run summaries keep each metric's best, not its last value (a run's table row).
+            for pattern, best in WANDB_SUMMARIES:
+                self.wandb_run.define_metric(pattern, summary=best)
 
     def log(self, record: dict[str, Any], step: int, picture: Path | None = None) -> None:
         if not self.enabled:
@@ -632,7 +655,7 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     state.model = hooks.wrap_model(state.model)
     state.model.train()
 
-    log = MetricsLog(out_dir, config, hooks.wandb_run_name, enabled=hooks.is_main)
+    log = MetricsLog(out_dir, config, hooks)
     window = LogWindow(device, state.distributed)
     last_metrics: dict[str, float] = {}
     last_ckpt_step = state.step
