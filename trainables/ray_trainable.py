@@ -29,7 +29,6 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from trainables.gslrm.config import (
     flat_config,
     load_config,
 )
+from trainables.gslrm.version import code_version
 from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
 
 SUMMARY_FILE = "trial_summary.json"
@@ -81,29 +81,6 @@ class TrialSettings:
     max_failures: int = 2
     keep_checkpoints: int = 2
     worker_start_timeout_s: int = 120
-
-
-def code_version() -> str:
-    """git commit of the code when run from a checkout, else the package version."""
-    try:
-        here = Path(__file__).resolve().parent
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if commit.returncode == 0 and commit.stdout.strip():
-            return commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mouse-gslrm-study")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @contextmanager

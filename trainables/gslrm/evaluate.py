@@ -33,7 +33,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
@@ -55,6 +54,7 @@ from trainables.gslrm.metrics import ITEM_METRICS, METRICS_VERSION, item_view_me
 from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
+from trainables.gslrm.version import code_version
 
 EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
@@ -206,28 +206,6 @@ def item_set_hash(keys: Iterable[tuple[str, int, str]]) -> str:
     """sha256 over the sorted (item_id, camera, role) triples: equal iff the sets are equal."""
     text = "".join(f"{item}\t{camera}\t{role}\n" for item, camera, role in sorted(set(keys)))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def code_version() -> str:
-    """git commit of this checkout, else the installed package version, else "unknown"."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mouse-gslrm-study")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------
