@@ -74,6 +74,43 @@ class Progress:
         return _Progress()
 
 
+def make_sampler(spec: StudySpec, num_samples: int):
+    """TPE, for one objective and for several.
+
+    Why TPE's multi-objective mode and not NSGA-II for the Pareto study (Optuna 5): NSGA-II
+    breeds generations of `population_size` (default 50) trials, so a study of 32 trials is its
+    random first generation and nothing else; and its crossover only knows the parameters all
+    parents share, so a define-by-run space whose keys are sampled conditionally (masked SSIM
+    only with SSIM on, the mask threshold only with a masked loss) gets those keys from its
+    independent random fallback. TPE (MOTPE when the study has several directions) models each
+    parameter as it is sampled, conditional ones included, and learns from trial
+    `n_startup_trials` on, which fits small GPU budgets. One sampler for both keeps the two
+    studies comparable.
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=spec.sampler_seed, n_startup_trials=min(8, num_samples))
+
+
+def make_searcher(plan: StudyPlan):
+    """The study's StudySearcher (Optuna) over its space, objectives named in the storage."""
+    import optuna
+
+    from study.searcher import StudySearcher
+
+    spec = plan.spec
+    return StudySearcher(
+        space=define_by_run(get_space(spec.space), {}),
+        metrics=list(spec.objectives or (spec.objective,)),
+        mode=spec.mode,
+        sampler=make_sampler(spec, plan.num_samples),
+        storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_dir / 'optuna.db'}"),
+        study_name=spec.name,
+        study_dir=str(plan.study_dir),
+        max_steps=plan.config.training.schedule.max_steps,
+    )
+
+
 def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict):
     """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
     from ray import tune
@@ -106,19 +143,7 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
         scheduler = FIFOScheduler()
     search_alg, param_space = None, {}
     if spec.search == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(
-            space=define_by_run(get_space(spec.space), {}),
-            metric=spec.objective,
-            mode=spec.mode,
-            sampler=optuna.samplers.TPESampler(
-                seed=spec.sampler_seed, n_startup_trials=min(8, plan.num_samples)
-            ),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_dir / 'optuna.db'}"),
-            study_name=spec.name,
-        )
+        search_alg = make_searcher(plan)
     else:
         param_space = grid_param_space(spec, plan.grid_seeds)
     return tune.Tuner(
