@@ -116,17 +116,20 @@ class StudySearcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._record_intermediate(trial_id, result)
+
+    def _record_intermediate(self, trial_id: str, result: dict) -> None:
         step = result_step(result)
         values = [_finite(result.get(metric)) for metric in self._metrics]
         if step is None or all(v is None for v in values):
             return  # a result without a validation round (or without a step) has nothing to say
-        ot_trial = self._ot_trials[trial_id]
         by_step = self._intermediate.setdefault(trial_id, {})
         # A trial resumed from its checkpoint after a worker crash reports a step again: the
         # first value stays (Optuna ignores a repeated step with a warning).
         if str(step) in by_step:
             return
         by_step[str(step)] = values  # JSON object keys are strings
+        ot_trial = self._ot_trials[trial_id]
         if not self.multi_objective:
             if values[0] is not None:
                 ot_trial.report(values[0], step)
@@ -140,6 +143,9 @@ class StudySearcher(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         result = result or {}
+        # The result that made ASHA stop a trial reaches the searcher only here (Tune skips
+        # on_trial_result for it), so a trial stopped at its first rung would keep no values.
+        self._record_intermediate(trial_id, result)
         outcome = classify_outcome(
             Path(self._study_dir) / RUNS_FOLDER / trial_id,
             self._max_steps,

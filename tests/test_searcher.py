@@ -66,9 +66,9 @@ def test_single_objective_states_steps_and_attributes(tmp_path: Path) -> None:
         searcher.on_trial_result("done", result(step, 10.0 + step / 10, 0.5))
     finish_run_folder(tmp_path, "done", "train_result.json", {"final_step": 40})
     searcher.on_trial_complete("done", result(40, 14.0, 0.71))
-    # stopped by ASHA after 2 rounds: no train_result.json, last step 20 < 40
-    for step in (10, 20):
-        searcher.on_trial_result("stopped", result(step, 8.0 + step / 10, 0.2))
+    # stopped by ASHA after 2 rounds: no train_result.json, last step 20 < 40. As Tune does,
+    # the result that stops it goes to on_trial_complete only, never to on_trial_result.
+    searcher.on_trial_result("stopped", result(10, 9.0, 0.2))
     searcher.on_trial_complete("stopped", result(20, 10.0, 0.2))
     # diverged: the trainer's diverged.json wins over the error Tune reports
     searcher.on_trial_result("diverged", result(10, 5.0, 0.1))
