@@ -375,7 +375,7 @@ def pareto_section(
     hypervolume: float,
     reference: Sequence[float],
     n_finished: int,
-    plot_names: Sequence[str],
+    plot_names: Mapping[str, str],
 ) -> str:
     """The non-dominated finished trials, each with its config and a link to its run folder."""
     names = " and ".join(
@@ -406,7 +406,7 @@ def pareto_section(
         f"Hypervolume of the front: {hypervolume:.4g} (reference point {ref}; fixed, so "
         "studies are comparable).",
     ]
-    parts += [f"![{name}]({name})" for name in plot_names]
+    parts += [f"![{title}]({name})" for title, name in plot_names.items()]
     return "\n\n".join(parts)
 
 

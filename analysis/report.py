@@ -149,7 +149,7 @@ def pareto_extras(
             float(by_trial[-1]) if len(by_trial) else float("nan"),
             reference,
             len(finished),
-            [PARETO_PLOT, HYPERVOLUME_PLOT],
+            {"Pareto front": PARETO_PLOT, "Hypervolume over trials": HYPERVOLUME_PLOT},
         )
     )
 
