@@ -135,3 +135,26 @@ FACTORS: tuple[Factor, ...] = (
 )
 
 DATASET_TYPE = FACTORS[0]
+
+
+@dataclass(frozen=True)
+class LevelFactor:
+    """A factor of several ordered numeric levels (e.g. 1..5 input views), reported per level
+    (mean with its interval) rather than as one treatment − baseline difference. Its levels are
+    the distinct values of `key` among the analysed trials, in numeric order."""
+
+    name: str  # file-name safe; the plot is levels_<name>.png
+    title: str
+    key: str
+
+    def level(self, value: Any) -> float | None:
+        """A config value -> its level (a number), None when missing or not a number."""
+        return _as_float(value)
+
+
+LEVEL_FACTORS: tuple[LevelFactor, ...] = (
+    LevelFactor(name="input_views", title="Input views", key="training.dataset.num_input_views"),
+    LevelFactor(
+        name="alpha_loss", title="Silhouette loss weight", key="training.losses.alpha_loss_weight"
+    ),
+)

@@ -44,11 +44,18 @@ def parameter_importance(study: StudyInfo) -> Importance:
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(loaded)
+            # A multi-objective study has no single value per trial: rank for the first
+            # objective (the study's own), as the note says.
+            multi = len(loaded.directions) > 1
+            values = optuna.importance.get_param_importances(
+                loaded, target=(lambda t: t.values[0]) if multi else None
+            )
     except Exception as error:  # any failure is reported in the report, never fatal
         message = " ".join(str(error).split())[:300]
         return Importance({}, f"Parameter importance failed: {type(error).__name__}: {message}")
     if not values:
         return Importance({}, "Optuna found no parameters to rank (no searched parameters).")
     note = f"Optuna's default evaluator over {len(complete)} completed trials (sums to 1)."
+    if multi:
+        note += f" Multi-objective study: importance for the first objective ({study.objective})."
     return Importance({name: float(v) for name, v in values.items()}, note)

@@ -6,15 +6,19 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis import paired
 from analysis.compare import FactorComparison, analysis_set, varying_columns
 from analysis.importance import Importance
+from analysis.interactions import Interaction
+from analysis.levels import LevelSummary
 from analysis.load import StudyInfo
 from analysis.metrics import metric_info
 from analysis.stats import Estimate
 from analysis.tables import best_column, config_columns, final_column
+from analysis.tuning import ComputeSummary
 
 TOP_TRIALS = 5
 STATUS_ORDER = ("finished", "stopped_early", "diverged", "errored")
@@ -456,17 +460,170 @@ def render_report(
     plots: Mapping[str, str],
     factor_plots: Mapping[str, str],
     evaluation: paired.StudyEvaluation | None = None,
+    *,
+    after_header: Sequence[str] = (),
+    after_factors: Sequence[str] = (),
 ) -> str:
-    """The whole report.md text. ``plots``: title -> file name of every plot."""
+    """The whole report.md text. ``plots``: title -> file name of every plot. ``after_header``
+    and ``after_factors``: finished sections (e.g. the compute line; Pareto front,
+    interactions, tuning curves) placed after the header and after the factor comparisons."""
     n_analysed = len(analysis_set(trials, study.objective))
     sections = [
         header_section(study, trials, n_analysed),
+        *after_header,
         best_trials_section(study, trials),
         evaluation_section(evaluation),
         factors_section(comparisons, factor_plots, evaluation),
+        *after_factors,
         flags_section(trials, study.max_steps),
         importance_section(importance),
         plots_section(plots),
         files_section(),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+# --- issue 13: compute line, multi-level factors, interactions, Pareto front, tuning curves
+
+
+def compute_line(summary: ComputeSummary, unit: str) -> str:
+    """The header line on compute: spent by all trials, saved by early stopping (estimate)."""
+    saved = (
+        f"early stopping saved about {summary.saved_s:.0f} {unit} "
+        f"({summary.n_stopped} stopped trial{'' if summary.n_stopped == 1 else 's'}: each one's "
+        "remaining steps at its own speed)"
+        if summary.n_stopped
+        else "no trial was stopped early"
+    )
+    return f"**Compute**: {summary.spent_s:.0f} {unit} spent by all trials; {saved}."
+
+
+def levels_section(summaries: Sequence[LevelSummary], plot_names: Mapping[str, str]) -> str:
+    parts = ["## Multi-level factors"]
+    for summary in summaries:
+        factor = summary.factor
+        rows = []
+        for level in summary.levels:
+            for metric in summary.metrics:
+                estimate = summary.estimates[(level, metric)]
+                rows.append(
+                    [
+                        cell(level, 4 if level != int(level) else 0),
+                        f"`{metric}`",
+                        str(estimate.n),
+                        _number(metric, estimate.mean) if estimate.n else EMPTY_CELL,
+                        _number(metric, estimate.std) if estimate.n > 1 else EMPTY_CELL,
+                        _interval(metric, estimate),
+                    ]
+                )
+        parts += [
+            f"### {factor.title} (`{factor.key}`): {len(summary.levels)} levels",
+            "Final values per level over the analysed trials (95% t interval of the mean):",
+            table(["level", "metric", "n", "mean", "std", "95% CI of mean"], rows),
+        ]
+        if factor.name in plot_names:
+            parts.append(f"![{factor.title}: final values per level]({plot_names[factor.name]})")
+    return "\n\n".join(parts)
+
+
+def _cell_text(metric: str, estimate: Estimate) -> str:
+    if not estimate.n:
+        return EMPTY_CELL
+    interval = f" {_interval(metric, estimate)}" if estimate.has_ci else ""
+    return f"{_number(metric, estimate.mean)}{interval} (n={estimate.n})"
+
+
+def interaction_block(found: Interaction) -> str:
+    first, second, metric = found.first, found.second, found.metric
+    headers = [f"{first.title} \\ {second.title}", *[lv.name for lv in second.levels]]
+    rows = [
+        [a.name, *[_cell_text(metric, found.cells[(a.name, b.name)]) for b in second.levels]]
+        for a in first.levels
+    ]
+    contrast = found.contrast
+    value = _number(metric, contrast.mean) if contrast.n else EMPTY_CELL
+    return "\n\n".join(
+        [
+            f"### {first.title} × {second.title}: `{metric}`",
+            f"**{found.sentence}**",
+            "Cell means of final values, 95% t interval, trials per cell:",
+            table(headers, rows),
+            f"Interaction contrast (({second.treatment.name} − {second.baseline.name}) at "
+            f"{first.treatment.name} minus at {first.baseline.name}): {value}, 95% CI (paired t "
+            f"over {contrast.n} matched groups) {_interval(metric, contrast)}.",
+        ]
+    )
+
+
+def interactions_section(found: Sequence[Interaction]) -> str:
+    return "\n\n".join(["## Interactions of crossed factors", *map(interaction_block, found)])
+
+
+def pareto_section(
+    front: pd.DataFrame,
+    objectives: Sequence[str],
+    modes: Sequence[str],
+    keys: Sequence[str],
+    hypervolume: float,
+    reference: Sequence[float],
+    n_finished: int,
+    plot_names: Mapping[str, str],
+) -> str:
+    """The non-dominated finished trials, each with its config and a link to its run folder."""
+    names = " and ".join(
+        f"`{m}` ({'max' if mode == 'max' else 'min'})"
+        for m, mode in zip(objectives, modes, strict=True)
+    )
+    headers = ["trial", "optuna #", *[f"final `{m}`" for m in objectives], "run folder"]
+    headers += [f"`{k}`" for k in keys]
+    rows = []
+    for _, row in front.iterrows():
+        number = row.get("optuna_number")
+        rows.append(
+            [
+                f"`{row['trial_id']}`",
+                EMPTY_CELL if number is None or pd.isna(number) else str(int(number)),
+                *[_number(m, row[final_column(m)]) for m in objectives],
+                f"[runs/{row['trial_id']}](../runs/{row['trial_id']})",
+                *[cell(row[k]) if k in row.index else EMPTY_CELL for k in keys],
+            ]
+        )
+    ref = ", ".join(f"{m} = {v:g}" for m, v in zip(objectives, reference, strict=True))
+    parts = [
+        "## Pareto front",
+        f"Objectives: {names}. {len(front)} of {n_finished} finished trials are non-dominated "
+        "(no other finished trial is at least as good in both and better in one); trials "
+        "stopped early or failed are left out, their values are not final.",
+        table(headers, rows) if rows else "No finished trial has both objective values yet.",
+        f"Hypervolume of the front: {hypervolume:.4g} (reference point {ref}; fixed, so "
+        "studies are comparable).",
+    ]
+    parts += [f"![{title}]({name})" for title, name in plot_names.items()]
+    return "\n\n".join(parts)
+
+
+def tuning_section(
+    curve: pd.DataFrame, objective: str, mode: str, unit: str, plot_name: str
+) -> str:
+    """Best-so-far after k trials (Optuna's proposal order) and after the compute spent."""
+    finite = curve[np.isfinite(curve["best"].astype(float))]
+    if finite.empty:
+        summary = "No trial has a final objective value yet."
+    else:
+        best = finite["best"].iloc[-1]
+        first = finite[finite["best"] == best].iloc[0]
+        summary = (
+            f"Best final `{objective}` {_number(objective, best)} ({'max' if mode == 'max' else 'min'}), "
+            f"first reached at trial {int(first['n_trials'])} of {len(curve)} after "
+            f"{first['compute_s']:.0f} of {curve['compute_s'].iloc[-1]:.0f} {unit}."
+        )
+    return "\n\n".join(
+        [
+            "## Tuning curves",
+            summary,
+            "Best final value so far after each trial in Optuna's proposal order, against the "
+            "trial count and the compute the trials spent; a trial that did not finish (stopped "
+            "early, diverged, errored) counts as spent compute but never as a result.",
+            f"![Best-so-far {objective} against trials and compute]({plot_name})",
+        ]
+    )

@@ -143,3 +143,93 @@ def plot_factor(trials: pd.DataFrame, factor: Factor, objective: str, path: Path
     axes.set_ylabel(f"final {axis_label(objective)}")
     axes.grid(alpha=0.3, axis="y")
     return _save(figure, path)
+
+
+# --- issue 13: Pareto front, hypervolume, tuning curves, multi-level factors
+
+
+def plot_pareto_front(
+    finished: pd.DataFrame, front: pd.DataFrame, objectives: list[str], path: Path
+) -> Path:
+    """Finished trials in the plane of two objectives; the non-dominated ones joined as a
+    staircase (the region they dominate lies below-left for two maximised objectives)."""
+    figure, axes = _figure()
+    x_metric, y_metric = objectives[0], objectives[1]
+    x = finished[final_column(x_metric)].astype(float).to_numpy()
+    y = finished[final_column(y_metric)].astype(float).to_numpy()
+    finite = np.isfinite(x) & np.isfinite(y)
+    if finite.any():
+        axes.scatter(x[finite], y[finite], color=UNKNOWN_COLOUR, alpha=0.6, label="finished trial")
+        fx = front[final_column(x_metric)].astype(float).to_numpy()
+        fy = front[final_column(y_metric)].astype(float).to_numpy()
+        order = np.argsort(fx)
+        axes.step(fx[order], fy[order], where="post", color="tab:red", alpha=0.6)
+        axes.scatter(fx, fy, color="tab:red", zorder=3, label=f"non-dominated ({len(front)})")
+        axes.legend()
+    else:
+        _no_data(axes)
+    axes.set_title("Pareto front of the finished trials")
+    axes.set_xlabel(f"final {axis_label(x_metric)}")
+    axes.set_ylabel(f"final {axis_label(y_metric)}")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_hypervolume(hypervolume: np.ndarray, path: Path) -> Path:
+    """hypervolume: [N] after the first k trials (Optuna's order) -> line over k = 1..N."""
+    figure, axes = _figure()
+    if len(hypervolume):
+        axes.plot(np.arange(1, len(hypervolume) + 1), hypervolume, marker=".", color="tab:red")
+    else:
+        _no_data(axes)
+    axes.set_title("Hypervolume of the Pareto front over trials")
+    axes.set_xlabel("trials (Optuna trial order)")
+    axes.set_ylabel("hypervolume")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_tuning_curves(curve: pd.DataFrame, objective: str, unit: str, path: Path) -> Path:
+    """Best-so-far objective against trial count (left) and cumulative compute (right).
+
+    curve: analysis.tuning.best_so_far's frame (n_trials, compute_s, value, best)."""
+    figure = Figure(figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    by_trial, by_compute = figure.subplots(1, 2, sharey=True)
+    best = curve["best"].astype(float).to_numpy()
+    finite = np.isfinite(best)
+    for axes, column, label in (
+        (by_trial, "n_trials", "trials (proposal order)"),
+        (by_compute, "compute_s", f"cumulative trial compute ({unit})"),
+    ):
+        if finite.any():
+            x = curve[column].astype(float).to_numpy()
+            axes.step(x[finite], best[finite], where="post", color="tab:blue", label="best so far")
+            axes.scatter(x, curve["value"].astype(float), color=UNKNOWN_COLOUR, alpha=0.6, s=12)
+        else:
+            _no_data(axes)
+        axes.set_xlabel(label)
+        axes.grid(alpha=0.3)
+    by_trial.set_ylabel(f"final {axis_label(objective)}")
+    figure.suptitle(f"Tuning curve: best {metric_info(objective).label} so far")
+    return _save(figure, path)
+
+
+def plot_levels(summary, metric: str, path: Path) -> Path:
+    """Mean of `metric` per level with its 95% interval (analysis.levels.LevelSummary)."""
+    figure, axes = _figure()
+    levels = np.array(summary.levels, dtype=float)
+    estimates = [summary.estimates.get((level, metric)) for level in summary.levels]
+    means = np.array([e.mean if e is not None and e.n else np.nan for e in estimates])
+    if np.isfinite(means).any():
+        low = np.array([e.ci_low if e is not None and e.has_ci else np.nan for e in estimates])
+        high = np.array([e.ci_high if e is not None and e.has_ci else np.nan for e in estimates])
+        errors = np.nan_to_num(np.vstack([means - low, high - means]), nan=0.0)
+        axes.errorbar(levels, means, yerr=errors, marker="o", capsize=4, color="tab:blue")
+    else:
+        _no_data(axes)
+    axes.set_title(f"{summary.factor.title}: final {metric_info(metric).label} (95% CI)")
+    axes.set_xlabel(f"{summary.factor.title} ({summary.factor.key})")
+    axes.set_ylabel(f"final {axis_label(metric)}")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)

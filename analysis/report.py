@@ -5,7 +5,9 @@ docstring of analysis/tables.py: ``final/<metric>``, ``best/<metric>``,
 ``best_step/<metric>``, dotted config keys, status, flags), items.parquet (every evaluated
 trial's runs/<trial>/eval/items.parquet stacked: study, trial_id, seed, item_id, item_index,
 camera, role, then the item metrics of trainables/gslrm/metrics.py), report.md, and the plots
-fg_psnr_vs_mask_iou.png, learning_curves.png, factor_<name>.png.
+fg_psnr_vs_mask_iou.png, learning_curves.png, factor_<name>.png, levels_<name>.png
+(multi-level factors), pareto_front.png and hypervolume.png (multi-objective Optuna studies),
+tuning_curves.png (Optuna studies). trials.parquet also carries ``optuna_number``.
 
 trials.parquet also gets the item-level flag ``flag_mask_covers_image`` (nullable boolean:
 missing for trials without an evaluation) and the trial means ``eval/pred_fg_fraction``,
@@ -25,15 +27,27 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from analysis import paired, plots
+from analysis import markdown, paired, plots
 from analysis.compare import FactorComparison, analysis_set, compare_all
 from analysis.importance import parameter_importance
+from analysis.interactions import all_interactions
+from analysis.levels import all_level_summaries
 from analysis.load import NotAStudyError, StudyInfo, read_study_info, read_trials
 from analysis.markdown import render_report
+from analysis.optuna_study import OptunaRecord, read_optuna, with_optuna_numbers
+from analysis.pareto import (
+    as_maximised,
+    hypervolume_by_trial,
+    objective_matrix,
+    pareto_front,
+    reference_point,
+)
 from analysis.tables import (
     CURVES_DESCRIPTION,
     TRIALS_DESCRIPTION,
@@ -41,6 +55,7 @@ from analysis.tables import (
     build_trials,
     write_parquet,
 )
+from analysis.tuning import best_so_far, compute_summary, finished_values_only, trial_order
 
 REPORT_DIR = "report"
 REPORT_MD = "report.md"
@@ -50,6 +65,12 @@ ITEMS_PARQUET = "items.parquet"
 FG_PLOT = "fg_psnr_vs_mask_iou.png"
 CURVES_PLOT = "learning_curves.png"
 FACTOR_PLOT_GLOB = "factor_*.png"
+LEVELS_PLOT_GLOB = "levels_*.png"
+PARETO_PLOT = "pareto_front.png"
+HYPERVOLUME_PLOT = "hypervolume.png"
+TUNING_PLOT = "tuning_curves.png"
+# Metrics of the multi-level and interaction tables besides the objective.
+SECONDARY_METRICS = ("val/psnr_fg", "val/mask_iou")
 TEMP_PREFIX = ".report-tmp-"
 
 
@@ -96,12 +117,109 @@ def add_item_flags(trials: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def compute_column(trials: pd.DataFrame) -> tuple[str, str]:
+    """The trials' compute measure and its unit: GPU seconds when any trial ran on a GPU, else
+    wall-clock seconds (a CPU trial's compute is its run time)."""
+    gpu = trials["gpu_s"].astype(float) if "gpu_s" in trials.columns else pd.Series(dtype=float)
+    if (gpu.fillna(0.0) > 0).any():
+        return "gpu_s", "GPU-s"
+    return "wall_s", "s (CPU wall clock)"
+
+
+@dataclass
+class Extras:
+    """Report sections of issue 13 and the plots they link, in report order."""
+
+    after_header: list[str] = field(default_factory=list)
+    after_factors: list[str] = field(default_factory=list)
+    plots: dict[str, str] = field(default_factory=dict)  # title -> file name
+
+
+def _metrics(objective: str) -> list[str]:
+    return list(dict.fromkeys([objective, *SECONDARY_METRICS]))
+
+
+def pareto_extras(
+    study: StudyInfo, trials: pd.DataFrame, record: OptunaRecord, out_dir: Path, extras: Extras
+) -> None:
+    """Front table and plot of the finished trials, hypervolume over trials (Optuna order)."""
+    objectives, modes = list(record.objectives[:2]), list(record.modes[:2])
+    finished = trials[trials["status"] == "finished"]
+    front = pareto_front(finished, objectives, modes)
+    ordered = trial_order(trials)
+    # Only finished trials count: a stopped trial's values are not final (NaN adds nothing).
+    points = objective_matrix(ordered, objectives)
+    points[(ordered["status"] != "finished").to_numpy()] = np.nan
+    try:
+        reference = reference_point(objectives, modes)
+    except ValueError:
+        reference = [float("nan"), float("nan")]
+    by_trial = (
+        hypervolume_by_trial(as_maximised(points, modes), reference)
+        if np.isfinite(reference).all()
+        else np.array([])
+    )
+    plots.plot_pareto_front(finished, front, objectives, out_dir / PARETO_PLOT)
+    plots.plot_hypervolume(by_trial, out_dir / HYPERVOLUME_PLOT)
+    extras.plots["Pareto front"] = PARETO_PLOT
+    extras.plots["Hypervolume over trials"] = HYPERVOLUME_PLOT
+    keys = markdown.shown_keys(study, trials)
+    extras.after_factors.append(
+        markdown.pareto_section(
+            front,
+            objectives,
+            modes,
+            keys,
+            float(by_trial[-1]) if len(by_trial) else float("nan"),
+            reference,
+            len(finished),
+            {"Pareto front": PARETO_PLOT, "Hypervolume over trials": HYPERVOLUME_PLOT},
+        )
+    )
+
+
+def build_extras(
+    study: StudyInfo, trials: pd.DataFrame, record: OptunaRecord | None, out_dir: Path
+) -> Extras:
+    """Compute line, multi-level factors, interactions, Pareto front and tuning curves."""
+    extras = Extras()
+    column, unit = compute_column(trials)
+    extras.after_header.append(
+        markdown.compute_line(compute_summary(trials, study.max_steps, column), unit)
+    )
+    metrics = _metrics(study.objective)
+    summaries = all_level_summaries(trials, metrics, study.objective)
+    level_plots = {}
+    for summary in summaries:
+        name = f"levels_{summary.factor.name}.png"
+        plots.plot_levels(summary, study.objective, out_dir / name)
+        level_plots[summary.factor.name] = name
+        extras.plots[f"{summary.factor.title} per level"] = name
+    if summaries:
+        extras.after_factors.append(markdown.levels_section(summaries, level_plots))
+    found = all_interactions(trials, study.objective, metrics)
+    if found:
+        extras.after_factors.append(markdown.interactions_section(found))
+    if record is not None and record.multi_objective:
+        pareto_extras(study, trials, record, out_dir, extras)
+    if record is not None and len(trials):
+        counted = finished_values_only(trials, study.objective)
+        curve = best_so_far(counted, study.objective, study.mode, column)
+        plots.plot_tuning_curves(curve, study.objective, unit, out_dir / TUNING_PLOT)
+        extras.plots["Tuning curves"] = TUNING_PLOT
+        extras.after_factors.append(
+            markdown.tuning_section(curve, study.objective, study.mode, unit, TUNING_PLOT)
+        )
+    return extras
+
+
 def build_report(
     study: StudyInfo, out_dir: Path, margins: dict[str, float] | None = None
 ) -> list[str]:
     """Every report file into out_dir (an empty folder); returns their names, report.md last."""
     trial_files = read_trials(study.path)
-    trials = build_trials(study, trial_files)
+    record = read_optuna(study)
+    trials = with_optuna_numbers(build_trials(study, trial_files), record)
     curves = build_curves(study, trial_files)
     items, protocols = paired.gather_items(study.path, trials, study.name)
     trials = add_item_flags(trials, items)
@@ -120,6 +238,8 @@ def build_report(
         print(f"[report] item-level comparison refused: {evaluation.refusal}", file=sys.stderr)
     plot_files = draw_plots(study, trials, curves, comparisons, out_dir)
     factor_plots = {c.factor.name: factor_plot_name(c.factor.name) for c in comparisons}
+    extras = build_extras(study, trials, record, out_dir)
+    plot_files.update(extras.plots)
     text = render_report(
         study,
         trials,
@@ -128,6 +248,8 @@ def build_report(
         plot_files,
         factor_plots,
         evaluation,
+        after_header=extras.after_header,
+        after_factors=extras.after_factors,
     )
     (out_dir / REPORT_MD).write_text(text, encoding="utf-8")
     return [TRIALS_PARQUET, CURVES_PARQUET, ITEMS_PARQUET, *plot_files.values(), REPORT_MD]
@@ -146,9 +268,10 @@ def publish(built: Path, names: Sequence[str], report_dir: Path) -> None:
     for name in names:
         os.replace(built / name, report_dir / name)
     # Only after report.md points at the new set: an old factor plot is then unlinked.
-    for stale in report_dir.glob(FACTOR_PLOT_GLOB):
-        if stale.name not in names:
-            stale.unlink(missing_ok=True)
+    for pattern in (FACTOR_PLOT_GLOB, LEVELS_PLOT_GLOB):
+        for stale in report_dir.glob(pattern):
+            if stale.name not in names:
+                stale.unlink(missing_ok=True)
 
 
 def write_report(study_dir: Path | str, margins: dict[str, float] | None = None) -> Path:

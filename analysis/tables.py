@@ -322,6 +322,7 @@ FIXED_DESCRIPTIONS: dict[str, str] = {
     "restarts": "times the trial was restarted from a checkpoint after a failure",
     "seed": "training.runtime.seed of the trial",
     "code_version": "git commit (short) of the code that ran the trial, else the package version",
+    "optuna_number": "the trial's number in the study's Optuna storage; null for grid studies",
     "step": "trainer (optimizer) step of this report",
     "training_iteration": "Tune's report counter (1, 2, 3, ...) of this report",
     "time_total_s": "seconds since the trial started, at this report",

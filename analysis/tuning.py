@@ -64,6 +64,17 @@ def spread_over_runs(curves: Sequence[pd.DataFrame]) -> pd.DataFrame:
     ).reset_index()
 
 
+def finished_values_only(trials: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """trials with the final objective blanked (NaN) for every trial that did not finish: a
+    trial stopped at step 10 has no final value comparable with one at max_steps, so on a
+    tuning curve it spends compute but never improves the best."""
+    column = final_column(objective)
+    out = trials.copy()
+    if column in out.columns:
+        out[column] = out[column].astype(float).where(out["status"] == "finished")
+    return out
+
+
 @dataclass(frozen=True)
 class ComputeSummary:
     spent_s: float  # sum of every trial's compute seconds

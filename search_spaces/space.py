@@ -55,7 +55,15 @@ MOUSE_LOSS: list[Param] = [
     Param("training.optimizer.lr", low=1e-5, high=1e-3, log=True),
 ]
 
-SPACES: dict[str, list[Param]] = {"mouse_loss": MOUSE_LOSS}
+# The Pareto study's space: mouse_loss plus the silhouette loss weight, at the reference fork's
+# ablation levels (0 / 0.3 / 0.5 / 1.0); mouse_loss itself stays as it was, so earlier
+# mouse_loss_sweep results remain comparable with new ones.
+MOUSE_PARETO: list[Param] = [
+    *MOUSE_LOSS,
+    Param("training.losses.alpha_loss_weight", choices=[0.0, 0.3, 0.5, 1.0]),
+]
+
+SPACES: dict[str, list[Param]] = {"mouse_loss": MOUSE_LOSS, "mouse_pareto": MOUSE_PARETO}
 
 
 def get_space(name: str) -> list[Param]:

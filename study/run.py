@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from search_spaces import SearchSpaceError, define_by_run, get_space
+from search_spaces import SearchSpaceError
 from study.cluster import check_address, check_cluster_fits, gpus_per_trial, ray_env, start_ray
 from study.plan import (
     StudyError,
@@ -51,6 +51,7 @@ from study.plan import (
     user_dataset,
 )
 from study.resources import ResourceError, TrialRequest, gpus_per_worker
+from study.search import build_tuner
 from study.state import (
     INTERRUPTED_FILE,
     check_not_moved,
@@ -61,7 +62,7 @@ from study.state import (
 from study.studies import SIZES, STUDIES, StudySpec, UnknownStudyError
 from trainables.gslrm.atomic import write_json_atomic
 from trainables.gslrm.config import ConfigError, TrainerConfig, apply_overrides
-from trainables.ray_trainable import TrialSettings, rebuild_wandb_run, run_trial
+from trainables.ray_trainable import TrialSettings, rebuild_wandb_run
 
 # The pieces tests and users import from here, kept importable under their old names.
 __all__ = ["StudyError", "main", "parser", "run", "start_ray"]
@@ -100,132 +101,6 @@ def lock_study(storage: Path, name: str):
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
     handle.flush()
     return handle
-
-
-def grid_param_space(spec: StudySpec, seeds: tuple[int, ...] | None) -> dict[str, Any]:
-    from ray import tune
-
-    grid = dict(spec.grid)
-    if seeds is not None and "training.runtime.seed" in grid:
-        grid["training.runtime.seed"] = list(seeds)
-    # Linked keys are applied inside the trial (TrialSettings.linked), not with tune.sample_from:
-    # Tune saves functions in the search state as placeholders that a restored study cannot resolve.
-    return {key: tune.grid_search(values) for key, values in grid.items()}
-
-
-class Progress:
-    """Prints one line whenever a trial reports or ends: done / running / failed, best so far."""
-
-    def __new__(cls, objective: str, mode: str):
-        from ray.tune import Callback
-
-        class _Progress(Callback):
-            def __init__(self) -> None:
-                self.best: tuple[float, str] | None = None
-                self.last_print = 0.0
-
-            def _line(self, trials: list, force: bool = False) -> None:
-                now = time.monotonic()
-                if not force and now - self.last_print < 10:
-                    return
-                self.last_print = now
-                status = [t.status for t in trials]
-                best = (
-                    f"best {objective} {self.best[0]:.3f} ({self.best[1]})"
-                    if self.best
-                    else f"no {objective} yet"
-                )
-                print(
-                    f"[study] trials: {status.count('TERMINATED')} done, {status.count('RUNNING')} running, "
-                    f"{status.count('PENDING')} pending, {status.count('ERROR')} failed; {best}",
-                    flush=True,
-                )
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                value = result.get(objective)
-                if isinstance(value, int | float) and value == value:
-                    better = self.best is None or (
-                        value > self.best[0] if mode == "max" else value < self.best[0]
-                    )
-                    if better:
-                        self.best = (float(value), trial.trial_id)
-                self._line(trials)
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self._line(trials, force=True)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self._line(trials, force=True)
-
-        return _Progress()
-
-
-def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict):
-    """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    spec = plan.spec
-    trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
-    if restore:
-        return tune.Tuner.restore(
-            settings.tune_dir,
-            trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-
-    config = plan.config
-    rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
-    grace = plan.grace_period_rounds
-    if spec.scheduler == "asha":
-        # max_t one round past the last, so ASHA never stops a trial for reaching the end: a trial
-        # that ends by itself writes its own summary instead of being killed mid-teardown.
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=rounds + 1,
-            grace_period=min(grace, rounds),
-            reduction_factor=2,
-        )
-    else:
-        scheduler = FIFOScheduler()
-    search_alg, param_space = None, {}
-    if spec.search == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(
-            space=define_by_run(get_space(spec.space), {}),
-            metric=spec.objective,
-            mode=spec.mode,
-            sampler=optuna.samplers.TPESampler(
-                seed=spec.sampler_seed, n_startup_trials=min(8, plan.num_samples)
-            ),
-            storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_dir / 'optuna.db'}"),
-            study_name=spec.name,
-        )
-    else:
-        param_space = grid_param_space(spec, plan.grid_seeds)
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=spec.objective,
-            mode=spec.mode,
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=plan.num_samples,
-            max_concurrent_trials=plan.max_concurrent,
-        ),
-        run_config=tune.RunConfig(
-            name=Path(settings.tune_dir).name,
-            storage_path=str(plan.study_dir),
-            verbose=0,
-            callbacks=[Progress(spec.objective, spec.mode)],
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
 
 
 def synthetic_dataset(plan: StudyPlan) -> dict[str, Any]:

@@ -61,11 +61,14 @@ class StudySpec:
         default_factory=dict
     )  # follower key -> key whose value it copies
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
-    objective: str = "val/psnr_fg"
+    objective: str = "val/psnr_fg"  # Tune's metric: progress line, best checkpoint, ASHA
     mode: str = "max"
     # Which checkpoint of every trial the held-out evaluation scores: "best" (by `objective` on
     # validation) or "last"; one rule for the whole study, recorded in study.json.
     checkpoint_rule: str = "best"
+    # Several objectives (all in `mode`): a multi-objective Optuna search; `objective` must be
+    # the first. Empty: a single-objective search over `objective`.
+    objectives: tuple[str, ...] = ()
     num_samples: int = 1  # optuna: trials; grid: repeats of the whole grid
     sampler_seed: int = 0
     scheduler: str = "asha"  # asha | fifo
@@ -83,6 +86,16 @@ class StudySpec:
                 "(python -m study.run --list shows what each changes)"
             )
         return None if size == "full" else getattr(self, size)
+
+    def __post_init__(self) -> None:
+        # Tune's metric (best checkpoint, progress) and Optuna's first objective must agree.
+        if self.objectives and self.objectives[0] != self.objective:
+            raise ValueError(
+                f"study {self.name}: objectives {self.objectives} must start with its "
+                f"objective {self.objective!r}"
+            )
+        if self.objectives and self.search != "optuna":
+            raise ValueError(f"study {self.name}: several objectives need search='optuna'")
 
 
 # The mask-IoU threshold is fixed per study (never searched); best-known losses come from the
@@ -118,6 +131,24 @@ STUDIES: dict[str, StudySpec] = {
             smoke=SizePreset(num_samples=4, overrides={**SMOKE_SCHEDULE}),
         ),
         StudySpec(
+            name="mouse_pareto_sweep",
+            description="Optuna multi-objective TPE over the mouse_loss space plus the "
+            "silhouette loss weight, maximising foreground PSNR and mask IoU together; no early "
+            "stopping (ASHA ranks by one metric and would cut trials on the other's front).",
+            search="optuna",
+            space="mouse_pareto",
+            objective="val/psnr_fg",
+            objectives=("val/psnr_fg", "val/mask_iou"),
+            fixed={"validation.mask_iou_threshold": 0.1},
+            num_samples=32,
+            # Two objectives, one scheduler metric: ASHA keeps the top 1/2 of a rung by one
+            # number, so a trial with the best IoU and a middling PSNR (a Pareto point) is
+            # stopped as readily as a bad one. Every trial runs to the end; the budget is spent
+            # on fewer, complete trials whose final values are comparable.
+            scheduler="fifo",
+            smoke=SizePreset(num_samples=4, overrides={**SMOKE_SCHEDULE}),
+        ),
+        StudySpec(
             name="view_order_ablation",
             description="Does the fixed rig order beat random view order? Grid: random vs mouse "
             "x 3 seeds, best-known loss settings, no early stopping.",
@@ -147,6 +178,25 @@ STUDIES: dict[str, StudySpec] = {
             num_samples=1,
             scheduler="fifo",
             smoke=SizePreset(overrides={**SMOKE_SCHEDULE}),
+        ),
+        StudySpec(
+            name="view_count_ablation",
+            description="How many of the rig's 6 cameras must the model see? Grid: 1..5 input "
+            "views (the other views are the targets) x 3 seeds, best-known loss settings, "
+            "fixed rig order, no early stopping.",
+            search="grid",
+            grid={"training.dataset.num_input_views": [1, 2, 3, 4, 5], SEED_KEY: [0, 1, 2]},
+            fixed={
+                **BEST_KNOWN_LOSSES,
+                "mouse.use_mouse_dataset": True,
+                "training.dataset.num_views": 6,
+                # Targets are only the views the model did not see: with 5 inputs that is 1
+                # view, with 1 input 5 views; scoring inputs too would reward copying them.
+                "training.dataset.target_has_input": False,
+            },
+            num_samples=1,
+            scheduler="fifo",
+            smoke=SizePreset(overrides={**SMOKE_SCHEDULE}, grid_seeds=(0,)),
         ),
     ]
 }

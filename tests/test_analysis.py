@@ -291,10 +291,12 @@ def test_trials_parquet_round_trip_keeps_dtypes(clear_study: Path) -> None:
     path = clear_study / "report" / "trials.parquet"
     trials = pd.read_parquet(path)
     built, _ = load_tables(clear_study)
-    # the report adds the item-level flag columns (empty here: no trial was evaluated)
+    # the report adds the item-level flag columns (empty here: no trial was evaluated) and the
+    # Optuna trial number (analysis.optuna_study; null where Optuna has none)
     item_columns = ["eval/pred_fg_fraction", "eval/gt_fg_fraction", "eval/mask_iou"]
     item_columns.append("flag_mask_covers_image")
-    pd.testing.assert_frame_equal(trials.drop(columns=item_columns), built)
+    assert trials["optuna_number"].dtype == "Int64" and trials["optuna_number"].isna().all()
+    pd.testing.assert_frame_equal(trials.drop(columns=[*item_columns, "optuna_number"]), built)
     schema = pq.read_schema(path)
 
     def arrow(name: str) -> pa.DataType:

@@ -400,3 +400,85 @@ def test_ranks_average_to_the_one_worker_loss_and_gradient() -> None:
     # Without the shared counts each rank normalises by its own pixels: a different objective.
     alone = [compute_losses(render[h], target[h], alpha[h], losses)["loss"] for h in halves]
     assert abs(torch.stack(alone).mean().item() - whole["loss"].item()) > 1e-3
+
+
+# --- silhouette (alpha) loss
+
+
+def test_alpha_loss_hand_computed() -> None:
+    """Mask = top-left 2x2 of 4x4. Rendered alpha 0.5 everywhere: every one of the 16 pixels is
+    0.5 off, squared 0.25, mean 0.25. With weight 2 the total gains 2 * 0.25 = 0.5."""
+    render, target, alpha = grey_mouse_case()
+    rendered_alpha = torch.full_like(alpha, 0.5)
+    base = compute_losses(render, target, alpha, LossesConfig(), render_alpha=rendered_alpha)
+    weighted = compute_losses(
+        render, target, alpha, LossesConfig(alpha_loss_weight=2.0), render_alpha=rendered_alpha
+    )
+    assert base["alpha_loss"].item() == pytest.approx(0.25)
+    assert weighted["loss"].item() == pytest.approx(base["loss"].item() + 0.5)
+
+
+def test_alpha_loss_painting_the_background_and_soft_alpha() -> None:
+    """A render that covers the whole image (alpha 1) against the 2x2 mask is wrong on the 12
+    background pixels by 1: 12 / 16 = 0.75. Against a soft target alpha of 0.4 on the mask
+    the 4 mask pixels add (1 - 0.4)^2 = 0.36 each: (12 + 4 * 0.36) / 16 = 0.84. Over-bright
+    alpha (1.5) is clamped to 1 first."""
+    render, target, alpha = grey_mouse_case()
+    covered = torch.full_like(alpha, 1.5)
+    out = compute_losses(render, target, alpha, LossesConfig(), render_alpha=covered)
+    assert out["alpha_loss"].item() == pytest.approx(0.75)
+    soft = alpha * 0.4
+    out = compute_losses(render, target, soft, LossesConfig(), render_alpha=covered)
+    assert out["alpha_loss"].item() == pytest.approx((12 + 4 * 0.36) / 16)
+
+
+def test_alpha_loss_gradient_points_to_the_mask() -> None:
+    """d/da of mean((a - m)^2) = 2 (a - m) / N: with a = 0.5, N = 16, weight 1: +1/16 on the
+    background pixels, -1/16 on the mask."""
+    render, target, alpha = grey_mouse_case()
+    rendered_alpha = torch.full_like(alpha, 0.5).requires_grad_(True)
+    out = compute_losses(
+        render, target, alpha, LossesConfig(alpha_loss_weight=1.0), render_alpha=rendered_alpha
+    )
+    out["loss"].backward()
+    grad = rendered_alpha.grad[0, 0, 0]
+    assert grad[0, 0].item() == pytest.approx(-1 / 16)
+    assert grad[3, 3].item() == pytest.approx(1 / 16)
+
+
+def test_zero_alpha_weight_changes_nothing_bitwise() -> None:
+    """Weight 0: the total and the gradient of the colour render are bitwise those of a call
+    without the rendered alpha, and the alpha render gets no gradient at all."""
+    torch.manual_seed(0)
+    target = torch.rand(2, 2, 3, 12, 12)
+    alpha = (torch.rand(2, 2, 1, 12, 12) > 0.6).float()
+    losses = LossesConfig(masked_l2_loss=True, ssim_loss_weight=0.5, background_loss_weight=0.1)
+    grads, totals = [], []
+    for with_alpha in (False, True):
+        render = torch.rand(2, 2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+        render.requires_grad_(True)
+        rendered_alpha = torch.rand(2, 2, 1, 12, 12).requires_grad_(True)
+        out = compute_losses(
+            render, target, alpha, losses, render_alpha=rendered_alpha if with_alpha else None
+        )
+        out["loss"].backward()
+        grads.append(render.grad.clone())
+        totals.append(out["loss"].detach())
+        if with_alpha:
+            assert rendered_alpha.grad is None
+            assert out["alpha_loss"].item() > 0
+    assert torch.equal(totals[0], totals[1])
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_alpha_weight_without_rendered_alpha_is_refused() -> None:
+    render, target, alpha = grey_mouse_case()
+    with pytest.raises(ValueError, match="alpha_loss_weight=0.5 needs the rendered alpha"):
+        compute_losses(render, target, alpha, LossesConfig(alpha_loss_weight=0.5))
+
+
+def test_negative_alpha_weight_is_a_config_error() -> None:
+    from trainables.gslrm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training.losses.alpha_loss_weight"):
+        config_from_dict({"training": {"losses": {"alpha_loss_weight": -0.1}}})

@@ -156,3 +156,36 @@ def test_unknown_size_is_refused_by_name(tmp_path: Path, capsys) -> None:
 
     with pytest.raises(UnknownSizeError, match="unknown study size 'huge'; valid sizes: smoke"):
         get_study("view_order_ablation").preset("huge")
+
+
+@pytest.mark.parametrize("name", ["mouse_pareto_sweep", "view_count_ablation"])
+def test_issue13_studies_plan_against_the_trainer_config(tmp_path: Path, name: str) -> None:
+    """Both new studies validate their space / grid against the real config, full and smoke."""
+    for smoke in ((), ("--smoke",)):
+        plan = plan_for(name, *smoke, storage=tmp_path)
+        if name == "view_count_ablation":
+            # the remaining views are the targets: 6 views, none of the inputs scored
+            assert plan.config.training.dataset.num_views == 6
+            assert plan.config.training.dataset.target_has_input is False
+            assert plan.spec.grid["training.dataset.num_input_views"] == [1, 2, 3, 4, 5]
+            assert plan.grid_seeds == ((0,) if smoke else None)
+        else:
+            assert plan.spec.objectives == ("val/psnr_fg", "val/mask_iou")
+            assert plan.spec.scheduler == "fifo"  # two objectives: no single-metric ASHA
+            assert (
+                "training.losses.alpha_loss_weight"
+                in study_record(plan, {}, 0.0, tmp_path / "tune-x")["searched_keys"]
+            )
+
+
+def test_objectives_must_start_with_the_tune_metric() -> None:
+    from study.studies import StudySpec
+
+    with pytest.raises(ValueError, match="must start with its objective 'val/psnr_fg'"):
+        StudySpec(
+            name="x",
+            description="x",
+            search="optuna",
+            space="mouse_pareto",
+            objectives=("val/mask_iou", "val/psnr_fg"),
+        )

@@ -224,11 +224,17 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     study = optuna.load_study(
         study_name="mouse_loss_sweep", storage=f"sqlite:///{study_dir / 'optuna.db'}"
     )
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    State = optuna.trial.TrialState
+    complete = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED)]
     assert len(complete) == 3
+    statuses = dict(zip(trials["trial_id"], trials["status"], strict=True))
     for trial in complete:
         assert "mouse.use_mouse_dataset" in trial.params and "training.optimizer.lr" in trial.params
-        assert trial.value is not None
+        # ASHA's stopped trials are PRUNED (not COMPLETE), intermediate values by trainer step
+        stopped = statuses[trial.user_attrs["tune_trial_id"]] == "stopped_early"
+        assert (trial.state == State.PRUNED) == stopped
+        assert trial.value is not None if not stopped else trial.intermediate_values
+        assert set(trial.intermediate_values) <= {10, 20}
     sampled = {
         (t.params["mouse.use_mouse_dataset"], t.params["training.optimizer.lr"]) for t in complete
     }

@@ -200,6 +200,7 @@ def test_cli_trains_logs_checkpoints_and_resumes(tmp_path, data):
         "train/l2_loss",
         "train/ssim_loss",
         "train/background_loss",
+        "train/alpha_loss",
         "train/mask_iou",
         "val/psnr",
         "val/psnr_fg",

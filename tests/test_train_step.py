@@ -167,3 +167,17 @@ def test_log_window_means_over_its_steps_and_starts_again() -> None:
     window.add({"loss": torch.tensor(5.0), "grad_norm": torch.tensor(1.0)})
     assert window.flush(state, epoch=0)["train/loss"] == pytest.approx(5.0)
     assert window.gpu_s == 0.0  # CPU: no GPU time is claimed
+
+
+def test_alpha_loss_weight_reaches_the_step() -> None:
+    """train_step logs the silhouette loss from the real render and adds weight x alpha_loss to
+    the total: the same model and batch with weight 0 and 2 differ by exactly 2 x alpha_loss."""
+    terms = {}
+    for weight in (0.0, 2.0):
+        state = build_state(tiny_config(**{"training.losses.alpha_loss_weight": weight}), CPU)
+        terms[weight] = train_step(state, batch())
+    assert 0 < terms[0.0]["alpha_loss"].item() <= 1
+    assert terms[0.0]["alpha_loss"].item() == pytest.approx(terms[2.0]["alpha_loss"].item())
+    assert terms[2.0]["loss"].item() == pytest.approx(
+        terms[0.0]["loss"].item() + 2.0 * terms[0.0]["alpha_loss"].item(), rel=1e-5
+    )

@@ -119,6 +119,7 @@ class LossesConfig:
     masked_ssim_loss: bool = False
     mask_threshold: float = 0.5  # (ours) FaceLift hard-codes 0.5
     background_loss_weight: float = 0.0
+    alpha_loss_weight: float = 0.0  # (ours) silhouette loss: MSE of rendered alpha vs mask
     background_color_target: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     mask_iou_threshold: float = 0.1
 
@@ -500,6 +501,7 @@ def validate(config: TrainerConfig) -> None:
         "perceptual_loss_weight",
         "lpips_loss_weight",
         "background_loss_weight",
+        "alpha_loss_weight",
     ):
         _check(getattr(losses, name) >= 0, f"training.losses.{name}", "must be >= 0")
     _check(0 < losses.mask_threshold < 1, "training.losses.mask_threshold", "must be in (0, 1)")

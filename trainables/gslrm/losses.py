@@ -29,6 +29,13 @@ of a count; the identity alone) and divides by the mean count per rank: DDP's gr
 of the per-rank losses is then the gradient of the global loss, sum over all ranks' pixels /
 global count, as one worker with the whole batch computes it.
 
+Silhouette (alpha) loss (ours; FaceLift has no such key): mean squared error between the
+rendered alpha (accumulated Gaussian opacity per pixel) and the target's soft alpha, over every
+pixel of every target view. It penalises both failure modes of this rig directly: a render
+that paints the background (alpha 1 where the mask is 0) and one that leaves holes in the
+mouse. With `alpha_loss_weight` 0 it is logged but never added to the total, so the gradient and
+the total loss are bitwise those of a run without it.
+
 Perceptual (VGG19) and LPIPS losses are not implemented: their weights are not
 available locally and are never downloaded, and a fake term would corrupt the study.
 check_perceptual_available() turns a non-zero weight into a start-up error.
@@ -205,22 +212,44 @@ def background_loss(
     return squared.sum() / (count.clamp_min(1.0) * 3.0)
 
 
+def alpha_loss(render_alpha: Tensor, target_alpha: Tensor) -> Tensor:
+    """Mean squared error of the rendered alpha against the target alpha.
+
+    render_alpha, target_alpha: [N, 1, H, W] in [0, 1] (the render is clamped first, like the
+    colour). A plain mean over pixels: every rank holds the same number of pixels, so DDP's
+    average of the per-rank losses is already the global mean.
+    """
+    return (render_alpha.clamp(0.0, 1.0) - target_alpha).pow(2).mean()
+
+
 def compute_losses(
     render: Tensor,
     target: Tensor,
     target_alpha: Tensor,
     losses: LossesConfig,
     mean_over_ranks: CountReduce = _local,
+    render_alpha: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The training losses as 0-dim tensors, configured by `training.losses` directly.
 
-    render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W].
-    Keys: loss (= l2_w * l2_loss + ssim_w * ssim_loss + bg_w * background_loss),
-    l2_loss (masked when masked_l2_loss), ssim_loss (0 unless ssim_loss_weight > 0, since
-    SSIM is costly), background_loss. Ranges of the weights are checked by config.validate.
+    render, target: [B, V, 3, H, W]; target_alpha, render_alpha: [B, V, 1, H, W].
+    Keys: loss (= l2_w * l2_loss + ssim_w * ssim_loss + bg_w * background_loss
+    [+ alpha_w * alpha_loss when alpha_w > 0]), l2_loss (masked when masked_l2_loss), ssim_loss
+    (0 unless ssim_loss_weight > 0, since SSIM is costly), background_loss, and alpha_loss when
+    `render_alpha` is given. Ranges of the weights are checked by config.validate.
     mean_over_ranks: all-reduce mean of a pixel count under DDP (identity alone).
     """
     check_image_shapes(render, target, target_alpha)
+    if render_alpha is None and losses.alpha_loss_weight > 0:
+        raise ValueError(
+            f"training.losses.alpha_loss_weight={losses.alpha_loss_weight} needs the rendered "
+            "alpha: pass render_alpha to compute_losses"
+        )
+    if render_alpha is not None and render_alpha.shape != target_alpha.shape:
+        raise ValueError(
+            f"render_alpha {tuple(render_alpha.shape)} must match target_alpha "
+            f"{tuple(target_alpha.shape)} ([B, V, 1, H, W])"
+        )
     # float32: bf16 autocast outputs would lose the small squared errors in the sums
     flat_render = render.float().clamp(0.0, 1.0).flatten(0, 1)
     flat_target = target.float().flatten(0, 1)
@@ -246,4 +275,11 @@ def compute_losses(
         + losses.ssim_loss_weight * ssim
         + losses.background_loss_weight * bg
     )
-    return {"loss": total, "l2_loss": l2, "ssim_loss": ssim, "background_loss": bg}
+    out = {"l2_loss": l2, "ssim_loss": ssim, "background_loss": bg}
+    if render_alpha is not None:
+        out["alpha_loss"] = alpha_loss(render_alpha.float().flatten(0, 1), flat_alpha)
+        # Added only when weighted: 0 * term would still be bitwise the same value, but skipping
+        # it keeps the autograd graph (and so the gradient's summation order) exactly as before.
+        if losses.alpha_loss_weight > 0:
+            total = total + losses.alpha_loss_weight * out["alpha_loss"]
+    return {"loss": total, **out}

@@ -298,17 +298,18 @@ def train_step(state: TrainState, batch: dict[str, Tensor]) -> dict[str, Tensor]
     Order: forward + render under autocast, losses (pixel counts averaged over ranks under
     DDP), backward, finite check (one host read; every rank agrees through an all-reduce, so
     all stop together), unscale + clip, optimizer step (the scaler skips it on fp16
-    overflow), scheduler step. Terms: loss, l2_loss, ssim_loss, background_loss, psnr,
+    overflow), scheduler step. Terms: loss, l2_loss, ssim_loss, background_loss, alpha_loss, psnr,
     mask_iou, grad_norm, all 0-dim device tensors.
     """
     config, runtime = state.config, state.config.training.runtime
-    rgb, _ = forward_render(state.model, batch, config, state.autocast())
+    rgb, alpha = forward_render(state.model, batch, config, state.autocast())
     terms = compute_losses(
         rgb,
         batch["target_images"],
         batch["target_alpha"],
         config.training.losses,
         _mean_over_ranks if state.distributed else _identity,
+        render_alpha=alpha,
     )
     loss = terms["loss"]
     if state.step + 1 == runtime.inject_nan_loss_at_step:
