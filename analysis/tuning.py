@@ -9,8 +9,12 @@ a value sooner on it than on the trial axis.
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -97,3 +101,53 @@ def compute_summary(
         remaining = (max_steps - steps).clip(lower=0)
         saved = float((per_step * remaining).replace([np.inf, -np.inf], np.nan).fillna(0).sum())
     return ComputeSummary(spent_s=spent, saved_s=saved, n_stopped=len(stopped))
+
+
+def study_curve(study_dir: Path) -> tuple[pd.DataFrame, str]:
+    """Best-so-far curve of one finished study folder, from its report/trials.parquet and
+    study.json (finished trials only); returns (curve, the study's sampler-seed label)."""
+    from analysis.load import read_study_info
+    from analysis.report import TRIALS_PARQUET, compute_column
+
+    study = read_study_info(study_dir)
+    table = study_dir / "report" / TRIALS_PARQUET
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"{table}: no report yet; build it with python -m analysis.report {study_dir}"
+        )
+    trials = pd.read_parquet(table)
+    column, _ = compute_column(trials)
+    curve = best_so_far(
+        finished_values_only(trials, study.objective), study.objective, study.mode, column
+    )
+    record = json.loads((study_dir / "study.json").read_text())
+    return curve, f"{study_dir} (sampler seed {record.get('sampler_seed', '?')})"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis.tuning",
+        description="Spread of best-so-far tuning curves over repeats of one study (the same "
+        "study run with several --sampler-seed values, each in its own --storage folder).",
+    )
+    parser.add_argument("study_dirs", nargs="+", type=Path, help="study folders to compare")
+    parser.add_argument("--out", type=Path, help="also write the spread table as Parquet here")
+    args = parser.parse_args(argv)
+    curves = []
+    for study_dir in args.study_dirs:
+        try:
+            curve, label = study_curve(study_dir)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{label}: {len(curve)} trials, best {curve['best'].max():.4g}")
+        curves.append(curve)
+    spread = spread_over_runs(curves)
+    print(spread.to_string(index=False))
+    if args.out:
+        spread.to_parquet(args.out, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,6 +62,7 @@ class StudyPlan:
     gpus_per_trial: float | None
     cpus_per_worker: float
     max_failures: int
+    sampler_seed: int  # Optuna's TPE seed (--sampler-seed; repeats of a study differ only here)
     address: str | None
     resume: bool
     wandb: str | None
@@ -165,6 +166,7 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
         gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker,
         max_failures=args.max_failures,
+        sampler_seed=spec.sampler_seed if args.sampler_seed is None else args.sampler_seed,
         address=args.address,
         resume=bool(args.resume),
         wandb=args.wandb,
@@ -250,6 +252,7 @@ def study_record(
         "searched_keys": searched_keys(spec),
         "max_steps": plan.config.training.schedule.max_steps,
         "num_samples": plan.num_samples,
+        "sampler_seed": plan.sampler_seed,
         "size": plan.size,
         "smoke": plan.size == "smoke",  # older readers
         "checkpoint_rule": spec.checkpoint_rule,

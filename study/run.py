@@ -422,6 +422,13 @@ def parser() -> argparse.ArgumentParser:
         help="grid studies: comma-separated seeds to run instead of the study's (e.g. 0,1)",
     )
     p.add_argument(
+        "--sampler-seed",
+        type=int,
+        help="Optuna studies: the TPE sampler's seed (default: the study's, 0); repeat a study "
+        "with several seeds in separate --storage folders and compare them with "
+        "python -m analysis.tuning STUDY_DIR STUDY_DIR ...",
+    )
+    p.add_argument(
         "--max-failures",
         type=int,
         default=2,

@@ -74,7 +74,7 @@ class Progress:
         return _Progress()
 
 
-def make_sampler(spec: StudySpec, num_samples: int):
+def make_sampler(seed: int, num_samples: int):
     """TPE, for one objective and for several.
 
     Why TPE's multi-objective mode and not NSGA-II for the Pareto study (Optuna 5): NSGA-II
@@ -89,7 +89,7 @@ def make_sampler(spec: StudySpec, num_samples: int):
     """
     import optuna
 
-    return optuna.samplers.TPESampler(seed=spec.sampler_seed, n_startup_trials=min(8, num_samples))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(8, num_samples))
 
 
 def make_searcher(plan: StudyPlan):
@@ -103,7 +103,7 @@ def make_searcher(plan: StudyPlan):
         space=define_by_run(get_space(spec.space), {}),
         metrics=list(spec.objectives or (spec.objective,)),
         mode=spec.mode,
-        sampler=make_sampler(spec, plan.num_samples),
+        sampler=make_sampler(plan.sampler_seed, plan.num_samples),
         storage=optuna.storages.RDBStorage(f"sqlite:///{plan.study_dir / 'optuna.db'}"),
         study_name=spec.name,
         study_dir=str(plan.study_dir),

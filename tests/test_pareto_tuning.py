@@ -115,3 +115,33 @@ def test_compute_saved_by_early_stopping() -> None:
     assert summary.spent_s == 215.0
     # t2 stopped at step 25 of 100 after 20 s: 75 more steps at 0.8 s/step = 60 s saved.
     assert summary.saved_s == pytest.approx(60.0) and summary.n_stopped == 1
+
+
+def test_tuning_cli_spreads_repeats_with_different_sampler_seeds(tmp_path, capsys) -> None:
+    from analysis.tuning import main
+    from tests.test_analysis import write_study
+
+    bests = {0: [19.0, 21.0, 20.0], 1: [22.0, 18.0, 23.0]}
+    dirs = []
+    for seed, values in bests.items():
+        study_dir = write_study(tmp_path / f"seed{seed}", "mouse_loss_sweep", sampler_seed=seed)
+        (study_dir / "report").mkdir()
+        pd.DataFrame(
+            {
+                "trial_id": [f"t{i}" for i in range(3)],
+                "optuna_number": pd.array([0, 1, 2], dtype="Int64"),
+                "status": ["finished", "finished", "stopped_early"],
+                "final/val/psnr_fg": values,
+                "wall_s": [10.0, 10.0, 5.0],
+                "gpu_s": [0.0, 0.0, 0.0],
+            }
+        ).to_parquet(study_dir / "report" / "trials.parquet")
+        dirs.append(str(study_dir))
+    out = tmp_path / "spread.parquet"
+    assert main([*dirs, "--out", str(out)]) == 0
+    spread = pd.read_parquet(out)
+    # seed 0: 19, 21, 21 (the stopped trial's 20 never counts); seed 1: 22, 22, 22
+    assert list(spread["median"]) == [20.5, 21.5, 21.5]
+    assert list(spread["min"]) == [19.0, 21.0, 21.0] and list(spread["max"]) == [22.0] * 3
+    assert "sampler seed 1" in capsys.readouterr().out
+    assert main([str(tmp_path / "seed0" / "nothing")]) == 2

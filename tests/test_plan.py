@@ -189,3 +189,10 @@ def test_objectives_must_start_with_the_tune_metric() -> None:
             space="mouse_pareto",
             objectives=("val/mask_iou", "val/psnr_fg"),
         )
+
+
+def test_sampler_seed_reaches_the_plan_and_the_record(tmp_path: Path) -> None:
+    plan = plan_for("mouse_loss_sweep", "--smoke", "--sampler-seed", "7", storage=tmp_path)
+    assert plan.sampler_seed == 7
+    assert study_record(plan, {}, 0.0, plan.study_dir / "tune-x")["sampler_seed"] == 7
+    assert plan_for("mouse_loss_sweep", "--smoke", storage=tmp_path).sampler_seed == 0
