@@ -77,6 +77,7 @@ def main() -> None:
 
     use_gpu = bool(__import__("torch").cuda.is_available())
     ray.init(
+        address="local",  # a cluster of its own, never one another job on this machine started
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         resources={"trial_slot": 1},

@@ -69,7 +69,14 @@ def test_two_workers_follow_one_worker(tmp_path):
     import ray
 
     data = generate_dataset(tmp_path / "data", samples=12, size=32, rig="mouse6", seed=9)
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    # address="local": a cluster of its own, never one another job on this machine started
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+    )
     try:
         single, double = run_ddp(tmp_path, data, 1), run_ddp(tmp_path, data, 2)
     finally:

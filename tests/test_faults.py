@@ -48,9 +48,25 @@ def custom_study(name: str, grid: dict) -> str:
     )
 
 
-def ray_train_worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line]
+def ray_train_worker_pids(driver_pid: int) -> list[int]:
+    """Ray Train workers descending from this test's driver (its local Ray's raylet is the
+    driver's child), never those of other studies running on the same machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    parent, workers = {}, []
+    for line in out.splitlines():
+        pid, ppid, *args = line.split(maxsplit=2)
+        parent[int(pid)] = int(ppid)
+        if args and "RayTrainWorker" in args[0]:
+            workers.append(int(pid))
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == driver_pid:
+                return True
+            pid = parent.get(pid, 1)
+        return False
+
+    return [pid for pid in workers if descends(pid)]
 
 
 @pytest.mark.slow
@@ -83,7 +99,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     killed_after = None
     while time.monotonic() < deadline and killed_after is None:
         ckpts = sorted((study_dir / "runs").glob("*/checkpoints/ckpt_*.pt"))
-        pids = ray_train_worker_pids()
+        pids = ray_train_worker_pids(proc.pid)
         if ckpts and pids:
             killed_after = int(ckpts[-1].stem.split("_")[1])
             for pid in pids:

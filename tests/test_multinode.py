@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_study import REPO, free_port, study_env
+from tests.test_study import REPO, cluster_env, free_port, node_ports, wait_for_port
 from trainables.gslrm.checkpoint import read_checkpoint
 from trainables.gslrm.config import config_to_dict, load_config
 from trainables.gslrm.data.synthetic import generate_dataset
@@ -89,43 +89,6 @@ for run in plan["runs"]:
     ).fit()
 ray.shutdown()
 """
-
-
-def cluster_env() -> dict[str, str]:
-    """Environment of every process of the test cluster: study.run's choices (usage stats off),
-    plus the auth token when this machine has one, as a real cluster would use it."""
-    env = study_env()
-    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    token = Path(env.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or token.expanduser().is_file()):
-        env["RAY_AUTH_MODE"] = "token"
-    return env
-
-
-def node_ports() -> list[str]:
-    """Ports every node on one machine needs for itself (Ray's defaults would clash)."""
-    names = [
-        "node-manager-port",
-        "object-manager-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-        "metrics-export-port",
-    ]
-    return [f"--{name}={free_port()}" for name in names]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"Ray head did not open port {port}: {log.read_text()[-3000:]}")
 
 
 @contextlib.contextmanager

@@ -10,9 +10,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -71,36 +74,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_env() -> dict[str, str]:
+    """Environment of every process of the test cluster: study.run's choices (usage stats off),
+    plus the auth token when this machine has one, as a real cluster would use it."""
+    env = study_env()
+    env.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    token = Path(env.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or token.expanduser().is_file()):
+        env["RAY_AUTH_MODE"] = "token"
+    return env
+
+
+def node_ports() -> list[str]:
+    """Ports every node on one machine needs for itself (Ray's defaults would clash)."""
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    ]
+    return [f"--{name}={free_port()}" for name in names]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Ray head did not open port {port}: {log.read_text()[-3000:]}")
+
+
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2):
-    """A Ray head node on loopback (`ray start --head`); yields its address. `ray stop --force`
-    at the end stops every Ray on the machine: fine on CI, where the test suite owns it."""
-    port = free_port()
+    """A private Ray head node on loopback (`ray start --head --block`, its own temp folder and
+    ports); yields its address. Stopped by signalling that process, never `ray stop`, which
+    would stop every Ray on the machine (other studies included)."""
     ray_bin = str(Path(sys.executable).parent / "ray")
-    started = subprocess.run(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={num_cpus}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            "--disable-usage-stats",
-        ],
-        env=study_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert started.returncode == 0, started.stderr
+    # Short: Ray's socket paths under it must stay below the 107-byte Unix limit
+    temp_dir = tempfile.mkdtemp(prefix="rhd", dir="/tmp")
+    port = free_port()
+    cmd = [
+        ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={temp_dir}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+        "--disable-usage-stats", *node_ports(),
+    ]  # fmt: skip
+    log = Path(temp_dir) / "head.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, env=cluster_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
+        wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(
-            [ray_bin, "stop", "--force"], env=study_env(), capture_output=True, timeout=120
-        )
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def summaries(study_dir: Path) -> list[dict]:

@@ -129,11 +129,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     config = config_from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    # run_info (study, seed, code version, W&B grouping) comes from run_trial; a caller driving
+    # train_worker directly (the DDP and two-node tests) may leave it out.
+    run_info = loop_config.get("run_info") or {"trial_id": loop_config["trial_id"]}
+    grouping = run_info.get("wandb", {})
     if rank == 0:
         with (run_dir / ATTEMPTS_FILE).open("a") as handle:
             handle.write(json.dumps({"time": time.time(), "world_size": world}) + "\n")
         # What a trial stopped mid-fit (no trial_summary.json) still tells the analysis.
-        write_json_atomic(run_dir / RUN_INFO_FILE, loop_config["run_info"])
+        write_json_atomic(run_dir / RUN_INFO_FILE, run_info)
         (run_dir / LOOP_ENDED_FILE).unlink(missing_ok=True)
 
     resume_dir = None
@@ -144,7 +148,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         restored.to_directory(str(resume_dir))
     resume_file = next(iter(sorted(resume_dir.glob("ckpt_*.pt"))), None) if resume_dir else None
 
-    train_run_dir = Path(loop_config["train_run_dir"])
+    # Where Ray Train keeps reported checkpoints (STUDY/train/<run>): linked there, one copy on
+    # disk. Without it (a caller driving train_worker directly) Ray copies as usual.
+    train_run_dir = Path(loop_config["train_run_dir"]) if "train_run_dir" in loop_config else None
 
     def upload(checkpoint, dir_name: str):
         # Ray would copy the staged file into train/ (a second 1.2 GB copy of the run's own
@@ -167,7 +173,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                checkpoint_upload_fn=upload,
+                **({"checkpoint_upload_fn": upload} if train_run_dir else {}),
             )
 
     hooks = Hooks(
@@ -179,9 +185,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report=report,
         resume_checkpoint=resume_file,
         wandb_run_name=loop_config["trial_id"],
-        wandb_group=loop_config["run_info"]["wandb"]["group"],
-        wandb_tags=tuple(loop_config["run_info"]["wandb"]["tags"]),
-        wandb_job_type=loop_config["run_info"]["wandb"]["job_type"],
+        wandb_group=grouping.get("group", ""),
+        wandb_tags=tuple(grouping.get("tags", ())),
+        wandb_job_type=grouping.get("job_type", ""),
     )
     try:
         result = train(config, run_dir, hooks)
