@@ -116,7 +116,16 @@ class StudySearcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        self._record_intermediate(trial_id, result)
+        try:
+            self._record_intermediate(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._already_finished(trial_id)
+
+    def _already_finished(self, trial_id: str) -> None:
+        """A driver killed after Optuna recorded a trial but before Tune saved the searcher:
+        the restored searcher still sees the trial running. Optuna's record stands."""
+        logger.info("optuna: trial %s was already recorded before the restart", trial_id)
+        self._completed_trials.add(trial_id)
 
     def _record_intermediate(self, trial_id: str, result: dict) -> None:
         step = result_step(result)
@@ -141,8 +150,13 @@ class StudySearcher(OptunaSearch):
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        try:
+            self._complete(trial_id, result or {}, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._already_finished(trial_id)
+
+    def _complete(self, trial_id: str, result: dict, error: bool) -> None:
         ot_trial = self._ot_trials[trial_id]
-        result = result or {}
         # The result that made ASHA stop a trial reaches the searcher only here (Tune skips
         # on_trial_result for it), so a trial stopped at its first rung would keep no values.
         self._record_intermediate(trial_id, result)

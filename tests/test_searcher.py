@@ -136,3 +136,18 @@ def test_finished_without_an_objective_value_is_a_failure(tmp_path: Path) -> Non
     searcher.on_trial_complete("t", {"step": 40, "val/psnr_fg": 12.0, "val/mask_iou": float("nan")})
     trial = load(tmp_path).trials[0]
     assert trial.state == State.FAIL and trial.user_attrs["final/val/mask_iou"] is None
+
+
+def test_a_trial_recorded_before_a_driver_restart_is_left_as_recorded(tmp_path: Path) -> None:
+    """Killed after Optuna recorded a trial but before Tune saved the searcher, a restored
+    driver still sees the trial running and reports it again: Optuna's record stands."""
+    searcher = make(tmp_path, ["val/psnr_fg"])
+    searcher.suggest("t")
+    finish_run_folder(tmp_path, "t", "train_result.json", {"final_step": 40})
+    searcher.on_trial_complete("t", result(40, 14.0, 0.7))
+    searcher._completed_trials.discard("t")  # the state the restored searcher was saved in
+    searcher.on_trial_result("t", result(50, 1.0, 0.1))
+    searcher.on_trial_complete("t", result(40, 1.0, 0.1))
+    (trial,) = load(tmp_path).trials
+    assert trial.state == State.COMPLETE and trial.value == 14.0
+    assert trial.user_attrs["final/val/mask_iou"] == 0.7
