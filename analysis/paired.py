@@ -59,19 +59,8 @@ import pandas as pd
 
 from analysis.compare import level_labels, pair_key_columns, pairing_groups
 from analysis.factors import Factor
+from trainables.gslrm.protocol import PROTOCOL_COMPARED_KEYS
 
-# Mirrors trainables.gslrm.evaluate.PROTOCOL_COMPARED_KEYS (analysis must not import torch).
-PROTOCOL_COMPARED_KEYS = (
-    "metrics_version",
-    "item_set_hash",
-    "checkpoint_rule",
-    "checkpoint_objective",
-    "pred_mask_threshold",
-    "gt_alpha_threshold",
-    "image_size",
-    "background_color",
-    "view_order",
-)
 _KEY_WORDS = {
     "metrics_version": "a different metric-definition version",
     "item_set_hash": "a different item set",

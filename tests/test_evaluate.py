@@ -24,6 +24,7 @@ from trainables.gslrm.config import ConfigError, load_config, save_config
 from trainables.gslrm.data.synthetic import generate_dataset
 from trainables.gslrm.metrics import ITEM_METRICS, item_view_metrics
 from trainables.gslrm.model import GSLRM
+from trainables.gslrm.protocol import PROTOCOL_COMPARED_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")
@@ -89,7 +90,7 @@ def test_evaluation_writes_one_typed_row_per_item_and_view(tmp_path, data) -> No
     assert protocol["pred_mask_threshold"] == 0.1 and protocol["gt_alpha_threshold"] == 0.5
     keys = zip(rows["item_id"], rows["camera"], rows["role"], strict=True)
     assert protocol["item_set_hash"] == ev.item_set_hash(keys)
-    assert set(ev.PROTOCOL_COMPARED_KEYS) <= set(protocol)
+    assert set(PROTOCOL_COMPARED_KEYS) <= set(protocol)
     assert not list((run / "eval").glob("*.tmp"))
 
 
@@ -251,6 +252,6 @@ def test_end_of_trial_call_on_a_real_training_run(tmp_path, data) -> None:
 def test_analysis_compares_the_fields_the_evaluator_records() -> None:
     from analysis import paired
 
-    assert paired.PROTOCOL_COMPARED_KEYS == ev.PROTOCOL_COMPARED_KEYS
+    assert paired.PROTOCOL_COMPARED_KEYS == PROTOCOL_COMPARED_KEYS
     assert set(paired.ITEM_FILE_COLUMNS) == set(ev.ITEM_COLUMNS)
     assert set(paired.COMPARED_METRICS) <= set(ITEM_METRICS)

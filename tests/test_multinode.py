@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_study import REPO, cluster_env, free_port, node_ports, wait_for_port
+from tests.test_study import (
+    REPO,
+    cluster_env,
+    free_port,
+    node_ports,
+    stop_block_node,
+    wait_for_port,
+)
 from trainables.gslrm.checkpoint import read_checkpoint
 from trainables.gslrm.config import config_to_dict, load_config
 from trainables.gslrm.data.synthetic import generate_dataset
@@ -129,14 +134,8 @@ def two_node_cluster(logs: Path):
                 wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
-        # `ray start --block` stops its own node's processes on SIGTERM; second node first
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        for proc in reversed(procs):  # second node first
+            stop_block_node(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

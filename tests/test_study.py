@@ -136,13 +136,19 @@ def ray_head(num_cpus: int = 2):
         wait_for_port(port, proc, log)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_block_node(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def stop_block_node(proc: subprocess.Popen) -> None:
+    """`ray start --block` stops its own node's processes on SIGTERM; SIGKILL its group after
+    a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def summaries(study_dir: Path) -> list[dict]:

@@ -61,19 +61,6 @@ ITEMS_FILE = "items.parquet"
 PROTOCOL_FILE = "protocol.json"
 TEST_LIST = "data_test.txt"
 ROLES = ("input", "novel")
-# Protocol fields that must be equal for two evaluations to be compared, in the order a
-# refusal names the first difference.
-PROTOCOL_COMPARED_KEYS = (
-    "metrics_version",
-    "item_set_hash",
-    "checkpoint_rule",
-    "checkpoint_objective",
-    "pred_mask_threshold",
-    "gt_alpha_threshold",
-    "image_size",
-    "background_color",
-    "view_order",
-)
 _CKPT_NAME = re.compile(r"ckpt_(\d+)\.pt")
 
 # items.parquet schema: identifiers first, then ITEM_METRICS (all float64, NaN = undefined).
