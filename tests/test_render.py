@@ -19,6 +19,14 @@ from trainables.gslrm.types import Cameras, Gaussians
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
 
+@pytest.fixture(params=["native", "torch"])
+def kernel(request, monkeypatch) -> str:
+    """Run a test with each compositing kernel of the torch backend (``render`` reads it from
+    GSLRM_COMPOSITE_KERNEL)."""
+    monkeypatch.setenv("GSLRM_COMPOSITE_KERNEL", request.param)
+    return request.param
+
+
 def axis_camera(focal: float, cx: float, cy: float, views: int = 1) -> Cameras:
     """Cameras at the origin looking down +z (OpenCV), batch 1."""
     c2w = torch.eye(4).expand(1, views, 4, 4).clone()
@@ -135,7 +143,7 @@ def per_pixel_reference(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_single_isotropic_gaussian_matches_hand_computed_values():
+def test_single_isotropic_gaussian_matches_hand_computed_values(kernel):
     # focal 20, depth 2, scale 0.1 -> screen std 20 * 0.1 / 2 = 1 px, so cov2d = (1 + 0.3) I
     # after the eps2d blur and the conic is I / 1.3. cx = cy = 8.5 puts the mean on the centre
     # of pixel (8, 8).
@@ -166,7 +174,7 @@ def test_single_isotropic_gaussian_matches_hand_computed_values():
     assert torch.equal(rgb[:, ~expected_mask], bg[:, None].expand(3, int((~expected_mask).sum())))
 
 
-def test_opacity_above_0999_is_clamped():
+def test_opacity_above_0999_is_clamped(kernel):
     gauss = splats([(0.0, 0.0, 2.0)], 0.1, 1.0, [RED])
     rgb, alpha = render(gauss, axis_camera(20.0, 4.5, 4.5), 9, 9, torch.zeros(3), backend="torch")
     assert alpha[0, 0, 0, 4, 4].item() == pytest.approx(0.999, abs=1e-6)
@@ -212,7 +220,7 @@ def test_projection_matches_gsplat_torch_oracle():
 
 
 @pytest.mark.parametrize("red_in_front", [True, False])
-def test_two_overlapping_gaussians_front_one_dominates(red_in_front: bool):
+def test_two_overlapping_gaussians_front_one_dominates(red_in_front: bool, kernel):
     # Both on the optical axis, so both have sigma = 0 and alpha = 0.6 at the centre pixel
     z_red, z_green = (2.0, 3.0) if red_in_front else (3.0, 2.0)
     gauss = splats([(0.0, 0.0, z_red), (0.0, 0.0, z_green)], [0.1, 0.15], 0.6, [RED, GREEN])
@@ -225,7 +233,7 @@ def test_two_overlapping_gaussians_front_one_dominates(red_in_front: bool):
     assert alpha[0, 0, 0, 4, 4].item() == pytest.approx(1 - 0.4 * 0.4, abs=1e-6)
 
 
-def test_empty_scene_is_background():
+def test_empty_scene_is_background(kernel):
     gauss = splats([], 0.1, 0.5, [])
     bg = torch.tensor([0.25, 0.5, 0.75])
     rgb, alpha = render(gauss, axis_camera(10.0, 4.0, 4.0, views=2), 8, 8, bg, backend="torch")
@@ -271,7 +279,7 @@ def test_gaussian_just_past_near_plane_is_drawn():
     assert alpha[0, 0, 0, 4, 4].item() == pytest.approx(0.9, abs=1e-6)
 
 
-def test_transmittance_early_stop_excludes_the_stopping_gaussian():
+def test_transmittance_early_stop_excludes_the_stopping_gaussian(kernel):
     # Alpha 0.95 each at the centre pixel: T goes 1, 0.05, 0.0025, 1.25e-4, then 6.25e-6
     # <= 1e-4, so gsplat stops *before* the 4th and never adds it (nor the 5th).
     colors = [RED, GREEN, BLUE, (1.0, 1.0, 0.0), (0.0, 1.0, 1.0)]
@@ -290,11 +298,18 @@ def test_transmittance_early_stop_excludes_the_stopping_gaussian():
     assert alpha[0, 0, 0, 4, 4].item() == pytest.approx(1 - 1.25e-4, abs=1e-12)
 
 
-@pytest.mark.parametrize(("tile_size", "chunk"), [(4, 3), (8, 64), (16, 5)])
-def test_matches_per_pixel_loop_on_random_scene(monkeypatch, tile_size: int, chunk: int):
+@pytest.mark.parametrize(
+    ("tile_size", "chunk", "kernel"),
+    [(4, 3, "torch"), (8, 64, "torch"), (16, 5, "torch"), (4, 0, "native"), (16, 0, "native")],
+)
+def test_matches_per_pixel_loop_on_random_scene(
+    monkeypatch, tile_size: int, chunk: int, kernel: str
+):
     # Dense and fairly opaque so early stops, skips, overlaps and tiles leaving the chunk loop
-    # early all occur; tile and chunk sizes only change the work done, never the image
-    monkeypatch.setattr(tb, "CHUNK", chunk)
+    # early all occur; tile and chunk sizes only change the work done, never the image. The
+    # chunk is the torch kernel's; the native kernel walks whole lists.
+    if chunk:
+        monkeypatch.setattr(tb, "CHUNK", chunk)
     size, near = 20, 0.2
     gauss, cams = random_scene(
         150, 2, size, seed=3, scale_range=(0.02, 0.12), opacity_range=(0.3, 1.0)
@@ -303,6 +318,7 @@ def test_matches_per_pixel_loop_on_random_scene(monkeypatch, tile_size: int, chu
     rgb, alpha = tb.rasterize(
         gauss.means, gauss.quats, gauss.scales, gauss.opacities, gauss.colors,
         cams.w2c, cams.K(), size, size, bg.expand(1, 2, 3), near, tile_size=tile_size,
+        kernel=kernel,
     )  # fmt: skip
     ref_rgb, ref_alpha = per_pixel_reference(gauss, cams, size, bg, near)
     assert (ref_alpha > 1 - 1e-3).any(), "scene should saturate some pixels"
@@ -315,7 +331,7 @@ def test_matches_per_pixel_loop_on_random_scene(monkeypatch, tile_size: int, chu
 # ---------------------------------------------------------------------------------------------
 
 
-def test_gradients_finite_and_nonzero_for_all_inputs():
+def test_gradients_finite_and_nonzero_for_all_inputs(kernel):
     gauss, cams = random_scene(60, 2, 24, seed=4, scale_range=(0.03, 0.1))
     leaves = [
         t.requires_grad_(True)
@@ -331,17 +347,21 @@ def test_gradients_finite_and_nonzero_for_all_inputs():
 
 
 @pytest.mark.parametrize(
-    ("saved_elements", "chunk"),
-    [(1 << 25, 64), (0, 64), (1500, 3)],
-    ids=["saved", "recomputed", "chunked-mixed"],
+    ("kernel", "saved_elements", "chunk"),
+    [("torch", 1 << 25, 64), ("torch", 0, 64), ("torch", 1500, 3), ("native", 0, 0)],
+    ids=["torch-saved", "torch-recomputed", "torch-chunked-mixed", "native"],
 )
-def test_gradients_match_finite_differences(monkeypatch, saved_elements: int, chunk: int):
+def test_gradients_match_finite_differences(
+    monkeypatch, kernel: str, saved_elements: int, chunk: int
+):
     # float64 so that finite differences are meaningful; a small scene away from the 1/255
-    # and 1e-4 thresholds, where the render is smooth in every input. Covers both backward
-    # paths (per-pixel terms saved by forward or recomputed, and a mix of the two) and
-    # gradients flowing across list chunks.
-    monkeypatch.setattr(tb, "SAVED_ELEMENTS", saved_elements)
-    monkeypatch.setattr(tb, "CHUNK", chunk)
+    # and 1e-4 thresholds, where the render is smooth in every input. Covers the native
+    # kernel and the torch kernel's backward paths (per-pixel terms saved by forward or
+    # recomputed, and a mix of the two) with gradients flowing across list chunks.
+    monkeypatch.setenv("GSLRM_COMPOSITE_KERNEL", kernel)
+    if chunk:
+        monkeypatch.setattr(tb, "SAVED_ELEMENTS", saved_elements)
+        monkeypatch.setattr(tb, "CHUNK", chunk)
     gauss, cams = random_scene(
         12, 2, 12, seed=5, scale_range=(0.06, 0.15), opacity_range=(0.1, 0.7), dtype=torch.float64
     )
@@ -359,7 +379,7 @@ def test_gradients_match_finite_differences(monkeypatch, saved_elements: int, ch
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
 
 
-def test_no_gradient_through_the_0999_clamp():
+def test_no_gradient_through_the_0999_clamp(kernel):
     # Opacity 1 on a pixel centre: alpha = min(0.999, 1) is clamped there, so (as in gsplat)
     # that pixel sends no gradient to the opacity; one pixel over it is unclamped and does.
     gauss = splats([(0.0, 0.0, 2.0)], 0.1, 1.0, [RED])
@@ -374,7 +394,7 @@ def test_no_gradient_through_the_0999_clamp():
     assert gauss.opacities.grad.item() == pytest.approx(math.exp(-0.5 / 1.3), rel=1e-5)
 
 
-def test_empty_render_still_backpropagates():
+def test_empty_render_still_backpropagates(kernel):
     # Everything behind the camera: a loss on the render must still call backward()
     gauss = splats([(0.0, 0.0, -1.0)], 0.1, 0.5, [RED])
     gauss.means.requires_grad_(True)

@@ -1,4 +1,5 @@
-"""The tiled CPU compositor against a dense, plain-autograd compositor, forward and gradients.
+"""The tiled CPU compositors (native and torch kernels) against a dense, plain-autograd
+compositor, forward and gradients.
 
 The oracle applies gsplat's per-pixel rules (GSPLAT_NOTES.md) to every (pixel, Gaussian) pair
 of a small scene, front to back by depth, with no tiles, no chunks, no custom backward, no
@@ -71,9 +72,10 @@ def random_scene(seed: int, n: int, n_img: int, width: int, height: int):
     return means, quats, scales, opacities, colors, w2c, Ks.expand(n_img, 3, 3).clone()
 
 
-def render_both(scene, width: int, height: int, tile_size: int):
+def render_both(scene, width: int, height: int, tile_size: int, kernel: str = "torch"):
     """(fast outputs, dense outputs), each (colour, alpha, grads of means/quats/scales/
-    opacities/colors) for one random linear loss on colour and alpha."""
+    opacities/colors) for one random linear loss on colour and alpha; kernel is the tiled
+    compositor's (``composite_tiles``)."""
     n_img = scene[5].shape[0]
     results = []
     for fast in (True, False):
@@ -94,7 +96,9 @@ def render_both(scene, width: int, height: int, tile_size: int):
         if fast:
             boxes = tb.box_radii(proj.cov2d, op, proj.radii)
             bins = tb.bin_gaussians(proj.means2d, boxes, proj.depths, width, height, tile_size)
-            colour, alpha = tb.composite_tiles(proj, op, col, bins, width, height, tile_size)
+            colour, alpha = tb.composite_tiles(
+                proj, op, col, bins, width, height, tile_size, kernel
+            )
         else:
             colour, alpha = dense_composite(proj, op, col, width, height)
         g = torch.Generator().manual_seed(99)
@@ -110,22 +114,26 @@ NAMES = ["colour", "alpha", "d means", "d quats", "d scales", "d opacities", "d 
 
 
 @pytest.mark.parametrize(
-    "seed, tile_size, chunk, saved_elements",
+    "kernel, seed, tile_size, chunk, saved_elements",
     [
-        (0, 4, 64, 1 << 25),  # production settings
-        (1, 4, 5, 1 << 25),  # many runs per tile, early exits between runs
-        (2, 8, 7, 0),  # backward recomputes every run
-        (3, 4, 3, 3000),  # budget runs out part way: some runs saved, some recomputed
+        ("torch", 0, 4, 64, 1 << 25),  # production settings
+        ("torch", 1, 4, 5, 1 << 25),  # many runs per tile, early exits between runs
+        ("torch", 2, 8, 7, 0),  # backward recomputes every run
+        ("torch", 3, 4, 3, 3000),  # budget runs out part way: some runs saved, some recomputed
+        ("native", 0, 4, 0, 0),  # production settings (chunks and budget are torch-only)
+        ("native", 1, 8, 0, 0),
+        ("native", 2, 16, 0, 0),  # the largest tile the native kernel takes
     ],
 )
 def test_tiled_compositor_matches_dense_autograd(
-    monkeypatch, seed, tile_size, chunk, saved_elements
+    monkeypatch, kernel, seed, tile_size, chunk, saved_elements
 ):
-    monkeypatch.setattr(tb, "CHUNK", chunk)
-    monkeypatch.setattr(tb, "SAVED_ELEMENTS", saved_elements)
+    if kernel == "torch":
+        monkeypatch.setattr(tb, "CHUNK", chunk)
+        monkeypatch.setattr(tb, "SAVED_ELEMENTS", saved_elements)
     width, height = 26, 22  # not multiples of the tile size: partial edge tiles
     scene = random_scene(seed, n=120, n_img=2, width=width, height=height)
-    fast, dense = render_both(scene, width, height, tile_size)
+    fast, dense = render_both(scene, width, height, tile_size, kernel)
     # The scene must exercise the rules it claims to: coverage, clamped and stopped pixels
     assert dense[1].max() > 1 - 2 * tb.TRANSMITTANCE_MIN, "no pixel reached the T stop"
     assert 0.05 < dense[1].mean() < 0.98
@@ -135,11 +143,13 @@ def test_tiled_compositor_matches_dense_autograd(
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item(), msg=name)
 
 
-def test_float32_fast_path_is_within_float_tolerance_of_the_double_oracle():
-    """Production runs in float32; the expanded quadratic costs ~1e-5 relative in sigma."""
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+def test_float32_fast_path_is_within_float_tolerance_of_the_double_oracle(kernel: str):
+    """Production runs in float32; the torch kernel's expanded quadratic costs ~1e-5 relative
+    in sigma, the native kernel's polynomial exp ~1e-7."""
     width, height = 24, 24
     scene = random_scene(7, n=50, n_img=2, width=width, height=height)
-    fast32, _ = render_both([t.float() for t in scene], width, height, tb.TILE_SIZE)
+    fast32, _ = render_both([t.float() for t in scene], width, height, tb.TILE_SIZE, kernel)
     _, dense64 = render_both(scene, width, height, tb.TILE_SIZE)
     for name, a, b in zip(NAMES[:2], fast32[:2], dense64[:2], strict=True):
         err = (a.double() - b).abs().max().item()

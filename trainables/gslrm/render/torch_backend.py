@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import native
+
 EPS2D = 0.3
 FAR_PLANE = 1e10
 ALPHA_MIN = 1.0 / 255.0
@@ -482,19 +484,30 @@ def composite_tiles(
     width: int,
     height: int,
     tile_size: int = TILE_SIZE,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite the binned Gaussians, without background.
 
     opacities: [I, N], colors: [I, N, 3] -> (colour [I, 3, H, W], alpha [I, 1, H, W]).
+    kernel: "native" (``native.py``'s fused loop, gsplat's direct sigma), "torch" (the
+    padded-block path below) or "auto" (native on CPU unless ``GSLRM_COMPOSITE_KERNEL`` says
+    otherwise or it cannot be built). Both give the same image to float tolerance.
     """
     n_img = opacities.shape[0]
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     pixels = tile_size * tile_size
     dtype, device = opacities.dtype, opacities.device
-    feats = pixel_features(tile_size, dtype, device)  # [P, 6], P = tile_size^2
-    # One row per Gaussian plus a padding row of opacity 0
+    # One row per Gaussian: [I * N, 9]
     table = torch.cat([proj.means2d, proj.conics, opacities[..., None], colors], -1).reshape(-1, 9)
-    table = torch.cat([table, table.new_zeros(1, 9)])  # [I * N + 1, 9]
+    lib = native.load() if _native_fits(kernel, table, tile_size) else None
+    if lib is not None:
+        grid = (n_img * tiles_y * tiles_x, tiles_x, tiles_y, tile_size)
+        ids = (bins.gaussian_ids, bins.tile_ids, bins.starts, bins.counts)
+        canvas = native.NativeComposite.apply(table, *ids, grid, lib)
+        return _canvas_to_images(canvas, n_img, width, height, tile_size)
+
+    feats = pixel_features(tile_size, dtype, device)  # [P, 6], P = tile_size^2
+    table = torch.cat([table, table.new_zeros(1, 9)])  # [I * N + 1, 9]: padding row, opacity 0
     pad_row = table.shape[0] - 1
     clamps = bool(opacities.numel() and opacities.max() > ALPHA_MAX)
 
@@ -533,6 +546,36 @@ def composite_tiles(
     else:
         # Keep the graph connected so a loss on an empty render can still call backward()
         canvas = canvas + 0.0 * table.sum()
+    return _canvas_to_images(canvas, n_img, width, height, tile_size)
+
+
+def _native_fits(kernel: str, table: torch.Tensor, tile_size: int) -> bool:
+    """Whether ``kernel`` (auto/native/torch) asks for the native kernel on this table."""
+    if kernel not in native.KERNELS:
+        raise ValueError(
+            f"unknown compositing kernel {kernel!r}; valid: {', '.join(native.KERNELS)}"
+        )
+    if kernel == "auto":
+        kernel = native.kernel_choice()
+    fits = (
+        table.device.type == "cpu"
+        and table.dtype in (torch.float32, torch.float64)
+        and tile_size <= native.MAX_TILE_SIZE
+    )
+    if kernel == "native" and not fits:
+        raise ValueError(
+            "the native compositing kernel needs float32/float64 CPU tensors and tiles of at "
+            f"most {native.MAX_TILE_SIZE} px, got {table.dtype} on {table.device}, "
+            f"tile {tile_size} px"
+        )
+    return kernel != "torch" and fits
+
+
+def _canvas_to_images(
+    canvas: torch.Tensor, n_img: int, width: int, height: int, tile_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """canvas: [I * tiles_y * tiles_x, P, 4] -> (colour [I, 3, H, W], alpha [I, 1, H, W])."""
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     # [I, tiles_y, tiles_x, ts, ts, 4] -> [I, 4, H, W]
     image = (
         canvas.view(n_img, tiles_y, tiles_x, tile_size, tile_size, 4)
@@ -555,8 +598,9 @@ def rasterize(
     background: torch.Tensor,
     near_plane: float,
     tile_size: int = TILE_SIZE,
+    kernel: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render B scenes from V cameras each.
+    """Render B scenes from V cameras each (kernel: see ``composite_tiles``).
 
     means: [B, N, 3], quats: [B, N, 4], scales: [B, N, 3], opacities: [B, N],
     colors: [B, N, 3], w2c: [B, V, 4, 4], Ks: [B, V, 3, 3], background: [B, V, 3]
@@ -581,7 +625,9 @@ def rasterize(
     op_img = per_image(opacities)
     boxes = box_radii(proj.cov2d, op_img, proj.radii)
     bins = bin_gaussians(proj.means2d, boxes, proj.depths, width, height, tile_size)
-    color, alpha = composite_tiles(proj, op_img, per_image(colors), bins, width, height, tile_size)
+    color, alpha = composite_tiles(
+        proj, op_img, per_image(colors), bins, width, height, tile_size, kernel
+    )
     bg = background.reshape(n_img, 3, 1, 1).to(color.dtype)
     rgb = color + (1.0 - alpha) * bg
     shape = (n_batch, n_views)
