@@ -27,6 +27,7 @@
 #include <cstring>
 #include <limits>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -164,6 +165,55 @@ void walk_tile(const scalar_t* table, const scalar_t* cuts, const int64_t* list,
   }
 }
 
+// One list entry's gradient contributions at each pixel of a tile, walking the list back to
+// front: parts[i][p] for the table row's 9 values (mean x, y, conic a, b, c, opacity, r, g,
+// b); later[p] is the sum over the entries behind this one of w_j (grad . (c_j, 1)) and is
+// updated. alpha[p] = 0 (pixels the entry does not reach) contributes exactly 0, so the
+// loop needs no branch and vectorises.
+template <typename scalar_t>
+void entry_gradients(const scalar_t* __restrict g, const scalar_t* __restrict alpha,
+                     const scalar_t* __restrict trans, const scalar_t* __restrict x,
+                     const scalar_t* __restrict y, const scalar_t (*__restrict go)[kMaxPixels],
+                     int64_t pixels, scalar_t* __restrict later,
+                     scalar_t (*__restrict parts)[kMaxPixels]) {
+  const scalar_t mx = g[0], my = g[1], ca = g[2], cb = g[3], cc = g[4], inv_op = 1 / g[5];
+  const scalar_t r = g[6], gr = g[7], b = g[8];
+  for (int64_t p = 0; p < pixels; ++p) {
+    const scalar_t a = alpha[p], tr = trans[p], w = a * tr;
+    const scalar_t g_w = go[0][p] * r + go[1][p] * gr + go[2][p] * b + go[3][p];
+    parts[6][p] = w * go[0][p];
+    parts[7][p] = w * go[1][p];
+    parts[8][p] = w * go[2][p];
+    // Raising alpha scales every later weight down by 1 / (1 - alpha)
+    const scalar_t g_alpha = g_w * tr - later[p] / (1 - a);
+    later[p] += w * g_w;
+    // The 0.999 clamp is treated as constant, as gsplat does
+    const scalar_t slope = a < scalar_t(kAlphaMax) ? a : scalar_t(0);  // d alpha / d(-sigma)
+    const scalar_t g_sigma = -g_alpha * slope;
+    const scalar_t dx = x[p] - mx, dy = y[p] - my;
+    parts[0][p] = -g_sigma * (ca * dx + cb * dy);
+    parts[1][p] = -g_sigma * (cb * dx + cc * dy);
+    parts[2][p] = g_sigma * scalar_t(0.5) * dx * dx;
+    parts[3][p] = g_sigma * dx * dy;
+    parts[4][p] = g_sigma * scalar_t(0.5) * dy * dy;
+    parts[5][p] = g_alpha * slope * inv_op;  // d alpha / d opacity = exp(-sigma)
+  }
+}
+
+// Sum of v[0..n): pairwise halving when n is a power of two (elementwise adds, which
+// vectorise without licence to reorder a float reduction), else left to right.
+template <typename scalar_t>
+scalar_t pixel_sum(scalar_t* v, int64_t n) {
+  if (n & (n - 1)) {
+    scalar_t total = 0;
+    for (int64_t i = 0; i < n; ++i) total += v[i];
+    return total;
+  }
+  for (int64_t half = n / 2; half > 0; half /= 2)
+    for (int64_t i = 0; i < half; ++i) v[i] += v[i + half];
+  return v[0];
+}
+
 // log(255 opacity) per table row: above it, sigma gives alpha < 1/255.
 template <typename scalar_t>
 std::vector<scalar_t> alpha_cuts(const scalar_t* table, int64_t n_rows) {
@@ -190,11 +240,13 @@ void over_tiles(int64_t n_tiles, int64_t n_threads, Fn fn) {
   for (auto& th : pool) th.join();
 }
 
-template <typename scalar_t>
+// kPixels > 0 fixes the pixel count at compile time (tiles of 4, 8 or 16 px), so the pixel
+// loops of the inlined helpers have constant trip counts; 0 takes it from the grid.
+template <typename scalar_t, int64_t kPixels>
 void forward(const scalar_t* table, int64_t n_rows, const int64_t* ids, const int64_t* tile_ids,
              const int64_t* starts, const int64_t* counts, int64_t n_tiles, Grid grid,
              scalar_t* canvas, int64_t n_threads) {
-  const int64_t pixels = grid.tile_size * grid.tile_size;
+  const int64_t pixels = kPixels > 0 ? kPixels : grid.tile_size * grid.tile_size;
   const std::vector<scalar_t> cuts = alpha_cuts(table, n_rows);
   over_tiles(n_tiles, n_threads, [&](int64_t, int64_t lo, int64_t hi) {
     scalar_t x[kMaxPixels], y[kMaxPixels], trans[kMaxPixels];
@@ -217,12 +269,12 @@ void forward(const scalar_t* table, int64_t n_rows, const int64_t* ids, const in
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, int64_t kPixels>
 void backward(const scalar_t* table, int64_t n_rows, const int64_t* ids,
               const int64_t* tile_ids, const int64_t* starts, const int64_t* counts,
               int64_t n_tiles, Grid grid, const scalar_t* grad_canvas, scalar_t* grad_table,
               int64_t n_threads) {
-  const int64_t pixels = grid.tile_size * grid.tile_size;
+  const int64_t pixels = kPixels > 0 ? kPixels : grid.tile_size * grid.tile_size;
   const std::vector<scalar_t> cuts = alpha_cuts(table, n_rows);
   n_threads = std::max<int64_t>(1, std::min(n_threads, n_tiles));
   // Thread 0 writes into grad_table itself; the others into their own zeroed copies
@@ -231,6 +283,7 @@ void backward(const scalar_t* table, int64_t n_rows, const int64_t* ids,
   over_tiles(n_tiles, n_threads, [&](int64_t thread, int64_t lo, int64_t hi) {
     scalar_t* grad = thread == 0 ? grad_table : extra[thread - 1].data();
     scalar_t x[kMaxPixels], y[kMaxPixels], trans[kMaxPixels], later[kMaxPixels];
+    scalar_t go_planes[4][kMaxPixels], parts[9][kMaxPixels];
     // The entries a tile composited, front to back, with each pixel's alpha and T before it:
     // replayed exactly (same operations, same order) rather than divided back out of T
     std::vector<int64_t> used;
@@ -248,42 +301,36 @@ void backward(const scalar_t* table, int64_t n_rows, const int64_t* ids,
                   alphas.insert(alphas.end(), alpha, alpha + pixels);
                   transs.insert(transs.end(), tr, tr + pixels);
                 });
-      // later[p] = sum over the entries behind this one of w_j (grad . (c_j, 1))
+      // The tile's output gradient as four planes, for contiguous loads in the sweep
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int c = 0; c < 4; ++c) go_planes[c][p] = go[p * 4 + c];
       std::fill(later, later + pixels, scalar_t(0));
       for (int64_t m = static_cast<int64_t>(used.size()) - 1; m >= 0; --m) {
         const int64_t row = list[used[m]];
-        const scalar_t* g = table + row * 9;
-        scalar_t d[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t p = 0; p < pixels; ++p) {
-          const scalar_t alpha = alphas[m * pixels + p];
-          if (alpha == 0) continue;
-          const scalar_t tr = transs[m * pixels + p], w = alpha * tr;
-          const scalar_t* gp = go + p * 4;
-          const scalar_t g_w = gp[0] * g[6] + gp[1] * g[7] + gp[2] * g[8] + gp[3];
-          d[6] += w * gp[0];
-          d[7] += w * gp[1];
-          d[8] += w * gp[2];
-          // Raising alpha scales every later weight down by 1 / (1 - alpha)
-          const scalar_t g_alpha = g_w * tr - later[p] / (1 - alpha);
-          later[p] += w * g_w;
-          // The 0.999 clamp is treated as constant, as gsplat does
-          if (alpha >= scalar_t(kAlphaMax)) continue;
-          const scalar_t dx = x[p] - g[0], dy = y[p] - g[1];
-          const scalar_t g_sigma = -g_alpha * alpha;
-          d[0] -= g_sigma * (g[2] * dx + g[3] * dy);
-          d[1] -= g_sigma * (g[3] * dx + g[4] * dy);
-          d[2] += g_sigma * scalar_t(0.5) * dx * dx;
-          d[3] += g_sigma * dx * dy;
-          d[4] += g_sigma * scalar_t(0.5) * dy * dy;
-          d[5] += g_alpha * alpha / g[5];  // d alpha / d opacity = exp(-sigma)
-        }
+        entry_gradients(table + row * 9, alphas.data() + m * pixels, transs.data() + m * pixels,
+                        x, y, go_planes, pixels, later, parts);
         scalar_t* dg = grad + row * 9;
-        for (int i = 0; i < 9; ++i) dg[i] += d[i];
+        for (int i = 0; i < 9; ++i) dg[i] += pixel_sum(parts[i], pixels);
       }
     }
   });
   for (const auto& part : extra)
     for (int64_t i = 0; i < n_rows * 9; ++i) grad_table[i] += part[i];
+}
+
+// Calls fn with std::integral_constant<int64_t, tile_size^2> for the common tile sizes, else 0.
+template <typename Fn>
+void dispatch_pixels(int64_t tile_size, Fn fn) {
+  switch (tile_size) {
+    case 4:
+      return fn(std::integral_constant<int64_t, 16>{});
+    case 8:
+      return fn(std::integral_constant<int64_t, 64>{});
+    case 16:
+      return fn(std::integral_constant<int64_t, 256>{});
+    default:
+      return fn(std::integral_constant<int64_t, 0>{});
+  }
 }
 
 }  // namespace
@@ -298,16 +345,24 @@ int gslrm_composite_abi() { return 2; }
       const int64_t* starts, const int64_t* counts, int64_t n_tiles, int64_t tiles_x,       \
       int64_t tiles_y, int64_t tile_size, int64_t n_rows, scalar_t* canvas,                 \
       int64_t n_threads) {                                                                  \
-    forward(table, n_rows, ids, tile_ids, starts, counts, n_tiles,                          \
-            Grid{tiles_x, tiles_y, tile_size}, canvas, n_threads);                          \
+    dispatch_pixels(tile_size, [&](auto pixels) {                                           \
+      forward<scalar_t, decltype(pixels)::value>(table, n_rows, ids, tile_ids, starts,      \
+                                                 counts, n_tiles,                           \
+                                                 Grid{tiles_x, tiles_y, tile_size}, canvas, \
+                                                 n_threads);                                \
+    });                                                                                     \
   }                                                                                         \
   void gslrm_composite_backward_##suffix(                                                   \
       const scalar_t* table, const int64_t* ids, const int64_t* tile_ids,                   \
       const int64_t* starts, const int64_t* counts, int64_t n_tiles, int64_t tiles_x,       \
       int64_t tiles_y, int64_t tile_size, const scalar_t* grad_canvas, int64_t n_rows,      \
       scalar_t* grad_table, int64_t n_threads) {                                            \
-    backward(table, n_rows, ids, tile_ids, starts, counts, n_tiles,                         \
-             Grid{tiles_x, tiles_y, tile_size}, grad_canvas, grad_table, n_threads);         \
+    dispatch_pixels(tile_size, [&](auto pixels) {                                           \
+      backward<scalar_t, decltype(pixels)::value>(table, n_rows, ids, tile_ids, starts,     \
+                                                  counts, n_tiles,                          \
+                                                  Grid{tiles_x, tiles_y, tile_size},        \
+                                                  grad_canvas, grad_table, n_threads);      \
+    });                                                                                     \
   }
 
 GSLRM_EXPORT(f32, float)

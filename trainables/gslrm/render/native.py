@@ -63,9 +63,34 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "mouse-gslrm" / "native"
 
 
+def _cpu_signature() -> str:
+    """What the build is tuned for (-march=native): the CPU's feature flags where Linux lists
+    them, else the processor name. Part of the cache key, so a home directory shared by
+    different nodes never hands one node a library built for another's instruction set."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _library_path(source: bytes, compiler: str) -> Path:
-    digest = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    key = source + compiler.encode() + _cpu_signature().encode()
+    digest = hashlib.sha256(key).hexdigest()[:16]
     return cache_dir() / f"composite-{digest}-{platform.machine()}.so"
+
+
+def _compile(
+    compiler: str, source_path: Path, out: str, tuned: bool
+) -> subprocess.CompletedProcess:
+    # -O3 without -ffast-math: the kernel's skip and stop tests must follow IEEE rules;
+    # -fno-trapping-math (nothing here reads FP exception flags) lets the pixel loops vectorise;
+    # -march=native widens them to the CPU's vectors (AVX-512 here: 1.3x forward, 1.6x backward)
+    command = [compiler, "-O3", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC"]
+    command += ["-pthread", *(["-march=native"] if tuned else []), str(source_path), "-o", out]
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 def build(source_path: Path = SOURCE) -> Path:
@@ -84,17 +109,15 @@ def build(source_path: Path = SOURCE) -> Path:
             "(install g++ or set CXX)"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    # -O3 without -ffast-math: the kernel's skip and stop tests must follow IEEE rules;
-    # -fno-trapping-math (nothing here reads FP exception flags) lets the pixel loops vectorise
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
-    command = [compiler, "-O3", "-fno-trapping-math", "-std=c++17", "-shared", "-fPIC", "-pthread"]
-    command += [str(source_path), "-o", tmp]
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = _compile(compiler, source_path, tmp, tuned=True)
+        if done.returncode != 0:  # a compiler without -march=native
+            done = _compile(compiler, source_path, tmp, tuned=False)
         if done.returncode != 0:
             raise NativeBuildError(
-                f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
+                f"{' '.join(done.args)} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
             )
         os.replace(tmp, target)  # atomic: concurrent workers see a whole file or none
     finally:
