@@ -337,7 +337,7 @@ void dispatch_pixels(int64_t tile_size, Fn fn) {
 
 extern "C" {
 
-int gslrm_composite_abi() { return 2; }
+int gslrm_composite_abi() { return 3; }
 
 #define GSLRM_EXPORT(suffix, scalar_t)                                                      \
   void gslrm_composite_forward_##suffix(                                                    \
@@ -355,7 +355,7 @@ int gslrm_composite_abi() { return 2; }
   void gslrm_composite_backward_##suffix(                                                   \
       const scalar_t* table, const int64_t* ids, const int64_t* tile_ids,                   \
       const int64_t* starts, const int64_t* counts, int64_t n_tiles, int64_t tiles_x,       \
-      int64_t tiles_y, int64_t tile_size, const scalar_t* grad_canvas, int64_t n_rows,      \
+      int64_t tiles_y, int64_t tile_size, int64_t n_rows, const scalar_t* grad_canvas,      \
       scalar_t* grad_table, int64_t n_threads) {                                            \
     dispatch_pixels(tile_size, [&](auto pixels) {                                           \
       backward<scalar_t, decltype(pixels)::value>(table, n_rows, ids, tile_ids, starts,     \

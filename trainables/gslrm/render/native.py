@@ -35,7 +35,7 @@ import torch
 SOURCE = Path(__file__).with_name("composite.cpp")
 KERNELS = ("auto", "native", "torch")
 MAX_TILE_SIZE = 16  # composite.cpp keeps a tile's pixels in arrays of kMaxPixels = 256
-ABI = 2
+ABI = 3
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
@@ -134,7 +134,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         fwd.argtypes = [_ptr] * 5 + [_i64] * 5 + [_ptr, _i64]
         fwd.restype = None
         bwd = getattr(lib, f"gslrm_composite_backward_{suffix}")
-        bwd.argtypes = [_ptr] * 5 + [_i64] * 4 + [_ptr, _i64, _ptr, _i64]
+        bwd.argtypes = [_ptr] * 5 + [_i64] * 5 + [_ptr, _ptr, _i64]
         bwd.restype = None
     return lib
 
@@ -161,8 +161,22 @@ def load() -> ctypes.CDLL | None:
     return _load_cached()
 
 
-def _address(t: torch.Tensor) -> int:
-    return t.data_ptr()
+def _run(lib: ctypes.CDLL, direction: str, bins: tuple, grid: tuple, *buffers: torch.Tensor):
+    """Call the kernel's forward or backward: bins = (table, ids, tile_ids, starts, counts)
+    contiguous, buffers = its output (forward) or (grad_canvas, grad_table) (backward)."""
+    table, _, tile_ids, _, _ = bins
+    _, tiles_x, tiles_y, tile_size = grid
+    suffix = "f64" if table.dtype == torch.float64 else "f32"
+    getattr(lib, f"gslrm_composite_{direction}_{suffix}")(
+        *(t.data_ptr() for t in bins),
+        tile_ids.numel(),
+        tiles_x,
+        tiles_y,
+        tile_size,
+        table.shape[0],
+        *(t.data_ptr() for t in buffers),
+        torch.get_num_threads(),
+    )
 
 
 class NativeComposite(torch.autograd.Function):
@@ -177,44 +191,21 @@ class NativeComposite(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table, ids, tile_ids, starts, counts, grid, lib):
-        n_tiles_total, tiles_x, tiles_y, ts = grid
         table = table.detach().contiguous()
-        ids, tile_ids, starts, counts = (
+        bins = (table,) + tuple(
             t.to(torch.int64).contiguous() for t in (ids, tile_ids, starts, counts)
         )
-        canvas = table.new_zeros(n_tiles_total, ts * ts, 4)
-        suffix = "f64" if table.dtype == torch.float64 else "f32"
-        getattr(lib, f"gslrm_composite_forward_{suffix}")(
-            *map(_address, (table, ids, tile_ids, starts, counts)),
-            tile_ids.numel(),
-            tiles_x,
-            tiles_y,
-            ts,
-            table.shape[0],
-            _address(canvas),
-            torch.get_num_threads(),
-        )
-        ctx.save_for_backward(table, ids, tile_ids, starts, counts)
+        n_tiles_total, _, _, tile_size = grid
+        canvas = table.new_zeros(n_tiles_total, tile_size * tile_size, 4)
+        _run(lib, "forward", bins, grid, canvas)
+        ctx.save_for_backward(*bins)
         ctx.grid, ctx.lib = grid, lib
         return canvas
 
     @staticmethod
     def backward(ctx, grad_canvas):
-        table, ids, tile_ids, starts, counts = ctx.saved_tensors
-        _, tiles_x, tiles_y, ts = ctx.grid
-        lib = ctx.lib
-        grad_canvas = grad_canvas.to(table.dtype).contiguous()
-        grad_table = torch.zeros_like(table)
-        suffix = "f64" if table.dtype == torch.float64 else "f32"
-        getattr(lib, f"gslrm_composite_backward_{suffix}")(
-            *map(_address, (table, ids, tile_ids, starts, counts)),
-            tile_ids.numel(),
-            tiles_x,
-            tiles_y,
-            ts,
-            _address(grad_canvas),
-            table.shape[0],
-            _address(grad_table),
-            torch.get_num_threads(),
-        )
+        bins = ctx.saved_tensors
+        grad_table = torch.zeros_like(bins[0])
+        grad_canvas = grad_canvas.to(grad_table.dtype).contiguous()
+        _run(ctx.lib, "backward", bins, ctx.grid, grad_canvas, grad_table)
         return (grad_table,) + (None,) * 6
