@@ -1,5 +1,10 @@
 """The two studies of issue 13 end to end (real Ray, Tune, Optuna, Train workers, tiny trials):
-the multi-objective smoke study's Optuna storage against its report, and the view-count grid."""
+the multi-objective smoke study's Optuna storage against its report, and the view-count grid.
+
+Both run two trials at a time (--max-concurrent 2, one CPU per Train worker): FIFO studies whose
+trials do not depend on each other's order, so the only change is that Ray's per-trial start-up
+(new actor processes, each importing Ray and torch) overlaps.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ def test_pareto_smoke_storage_matches_the_report(tmp_path: Path, dataset: list[s
 
     storage = tmp_path / "studies"
     out = run_study(
-        ["mouse_pareto_sweep", "--smoke", "--num-samples", "3", "--storage", str(storage)]
+        ["mouse_pareto_sweep", "--smoke", "--num-samples", "3", "--max-concurrent", "2"]
+        + ["--storage", str(storage)]
         + TINY
         + dataset,
         timeout=1200,
@@ -67,7 +73,8 @@ def test_view_count_smoke_runs_each_input_view_count(tmp_path: Path, dataset: li
     storage = tmp_path / "studies"
     tiny = [*TINY, "--set", "training.schedule.max_steps=10", "--set", "training.schedule.warmup=2"]
     out = run_study(
-        ["view_count_ablation", "--smoke", "--storage", str(storage), *tiny, *dataset],
+        ["view_count_ablation", "--smoke", "--max-concurrent", "2", "--storage", str(storage)]
+        + [*tiny, *dataset],
         timeout=1200,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -214,7 +214,11 @@ def test_unreachable_address_fails_in_seconds(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
-    """mouse_loss_sweep --smoke: Optuna proposes, Train workers report, the dashboard answers."""
+    """mouse_loss_sweep --smoke: Optuna proposes, Train workers report, the dashboard answers.
+
+    Two trials side by side (--max-concurrent 2, one CPU each): two distinct proposals, ASHA
+    between them, and the trials' Ray start-up overlaps instead of running one after the other.
+    """
     storage = tmp_path / "studies"
     cmd = [
         sys.executable,
@@ -223,7 +227,9 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
         "mouse_loss_sweep",
         "--smoke",
         "--num-samples",
-        "3",
+        "2",
+        "--max-concurrent",
+        "2",
         "--storage",
         str(storage),
         *TINY,
@@ -252,7 +258,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     # ASHA may stop a weak trial after its first round (a stopped trial is killed, so the
     # report infers its status from its results); nothing errors
-    assert len(trials) == 3 and set(trials["status"]) <= {"finished", "stopped_early"}, trials[
+    assert len(trials) == 2 and set(trials["status"]) <= {"finished", "stopped_early"}, trials[
         "status"
     ]
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
@@ -274,7 +280,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     )
     State = optuna.trial.TrialState
     complete = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED)]
-    assert len(complete) == 3
+    assert len(complete) == 2
     statuses = dict(zip(trials["trial_id"], trials["status"], strict=True))
     for trial in complete:
         assert "mouse.use_mouse_dataset" in trial.params and "training.optimizer.lr" in trial.params
@@ -286,7 +292,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     sampled = {
         (t.params["mouse.use_mouse_dataset"], t.params["training.optimizer.lr"]) for t in complete
     }
-    assert len(sampled) == 3  # three distinct proposals
+    assert len(sampled) == 2  # two distinct proposals
 
     report = (study_dir / "report" / "report.md").read_text()
     for section in (
@@ -319,7 +325,9 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
 
 @pytest.mark.slow
 def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
-    """A grid whose second trial cannot learn (learning rate 1e-12): ASHA stops it at its first rung."""
+    """A grid whose second trial cannot learn (learning rate 1e-12): ASHA stops it at its first
+    rung (step 10 of 20), the learning one runs to the end. One trial at a time, so the learning
+    trial has reported at that rung before the stuck one gets there."""
     storage = tmp_path / "studies"
     script = (
         "import sys\n"
@@ -340,10 +348,8 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
             "--storage",
             str(storage),
             "--set",
-            "training.schedule.max_steps=40",
-            "--set",
             "training.schedule.warmup=2",
-            *TINY[4:],
+            *TINY,
             *dataset,
         ],
         cwd=REPO,
@@ -359,8 +365,8 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
         params = json.loads((folder / "params.json").read_text())
         rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
         steps[params["training.optimizer.lr"]] = max(r["step"] for r in rows)
-    assert steps[3e-3] == 40  # the learning trial ran to the end
-    assert steps[1e-12] < 40  # the stuck one was stopped early
+    assert steps[3e-3] == 20  # the learning trial ran to the end
+    assert steps[1e-12] < 20  # the stuck one was stopped early
     import pandas as pd
 
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
