@@ -83,11 +83,27 @@ def is_reported(trials: pd.DataFrame, factor: Factor) -> bool:
     return all(level.name in present for level in factor.levels)
 
 
+def confounded_with(trials: pd.DataFrame, factor: Factor, wider: Factor) -> bool:
+    """Whether ``factor``'s keys are some of ``wider``'s and never vary apart from the rest in
+    these trials (e.g. masked L2 in a study that links masked SSIM to it): its comparison is
+    then ``wider``'s, under a name that would credit one key with the effect of all."""
+    if not set(factor.keys) < set(wider.keys):
+        return False
+    return level_labels(trials, factor).equals(level_labels(trials, wider))
+
+
 def reported_factors(
     trials: pd.DataFrame, objective: str, factors: Sequence[Factor] = FACTORS
 ) -> list[Factor]:
+    """Factors with both levels among the analysed trials, less those confounded with a wider
+    reported factor (only the wider one is compared)."""
     analysed = analysis_set(trials, objective)
-    return [factor for factor in factors if is_reported(analysed, factor)]
+    shown = [factor for factor in factors if is_reported(analysed, factor)]
+    return [
+        factor
+        for factor in shown
+        if not any(confounded_with(analysed, factor, wider) for wider in shown)
+    ]
 
 
 def varying_columns(trials: pd.DataFrame, columns: Sequence[str]) -> list[str]:

@@ -150,6 +150,11 @@ def write_results(
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(out)
+    # Only after the page points at the new set: a picture it no longer shows (a factor that
+    # is now reported under another name) is removed
+    for picture in pictures_root.glob("*/*.png"):
+        if f"{pictures_root.name}/{picture.parent.name}/{picture.name}" not in text:
+            picture.unlink(missing_ok=True)
     return out
 
 

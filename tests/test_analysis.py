@@ -769,6 +769,35 @@ def test_factor_of_two_keys_has_a_level_only_where_they_agree():
     assert list(level_labels(trials, factor)) == ["on", "off", None, None]
 
 
+def linked_mask_trials(ssim_follows_l2: bool) -> pd.DataFrame:
+    """Masked L2 off/on x 2 seeds, masked SSIM linked to it or varied on its own."""
+    l2 = [False, True, False, True, False, True, False, True]
+    ssim = l2 if ssim_follows_l2 else [False, False, True, True] * 2
+    return pd.DataFrame(
+        {
+            "training.losses.masked_l2_loss": l2,
+            "training.losses.masked_ssim_loss": ssim,
+            "seed": [0, 0, 0, 0, 1, 1, 1, 1],
+            "final/val/psnr_fg": [5.0, 15.0, 5.5, 15.5, 6.0, 14.0, 6.5, 14.5],
+            "status": "finished",
+            "flag_diverged": False,
+        }
+    )
+
+
+def test_a_key_linked_to_another_is_reported_only_as_the_combined_factor():
+    from analysis.compare import reported_factors
+
+    # mask_loss_ablation links masked SSIM to masked L2: a "masked SSIM" section would credit
+    # SSIM alone with what the two do together, so only the combined factor is compared
+    linked = reported_factors(linked_mask_trials(True), "val/psnr_fg")
+    assert [f.name for f in linked] == ["masked_losses"]
+    # varied independently, each key is its own factor (the combined one pairs the agreeing
+    # trials only)
+    crossed = reported_factors(linked_mask_trials(False), "val/psnr_fg")
+    assert [f.name for f in crossed] == ["masked_l2", "masked_ssim", "masked_losses"]
+
+
 # ---------------------------------------------------------------- item-level evaluation
 
 ITEM_METRIC_NAMES = (

@@ -34,4 +34,9 @@ def test_results_page_from_a_study_folder(tmp_path: Path) -> None:
     assert Image.open(pictures / "dataset_type_mouse.png").getpixel((0, 0)) == (0, 0, 255)
     assert "](results/view_order_ablation/dataset_type_mouse.png)" in text
     assert (pictures / "factor_dataset_type.png").stat().st_size > 1000
+    # a picture left from an earlier generation that the page no longer shows is removed
+    stale = pictures / "masked_ssim_on.png"
+    Image.new("RGB", (8, 8)).save(stale)
+    assert main([str(study_dir), "--out", str(out)]) == 0
+    assert not stale.exists() and (pictures / "dataset_type_mouse.png").exists()
     assert main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
