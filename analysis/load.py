@@ -48,7 +48,9 @@ class TrialFiles:
 
     folder: str
     params: dict[str, Any]
-    reports: list[dict[str, Any]]  # result.json lines, flattened with "/", in file order
+    # result.json lines, flattened with "/", in file order; with_run_files puts before them
+    # the validation rounds of the trainer's metrics.jsonl that Tune's file lacks
+    reports: list[dict[str, Any]]
     summary: dict[str, Any] | None
     error_text: str | None
     # From the trainer's run folder (STUDY/runs/<trial id>/), which a trial stopped mid-fit
@@ -189,6 +191,37 @@ def read_yaml_mapping(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _step(row: dict[str, Any]) -> int | None:
+    step = row.get("step")
+    return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
+
+
+def reports_before_tune(metrics_path: Path, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The validation rounds the trainer logged (metrics.jsonl) before Tune's first report,
+    as reports: every metric of each such step, train/* rows of the same step included.
+
+    Needed because a driver restart that restores a trial makes Tune start its result.json
+    afresh: without these rows a resumed trial's curve (and the flags read from its first
+    values) would begin at the resume.
+    """
+    steps = [s for s in map(_step, reports) if s is not None]
+    first = min(steps) if steps else math.inf
+    by_step: dict[int, dict[str, Any]] = {}
+    validated: set[int] = set()
+    try:
+        text = metrics_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # no run folder (or an unreadable log): Tune's reports are all there is
+    for row in parse_result_lines(text):
+        step = _step(row)
+        if step is None or step >= first:
+            continue
+        by_step.setdefault(step, {"step": step}).update(row)
+        if any(key.startswith("val/") for key in row):
+            validated.add(step)
+    return [by_step[step] for step in sorted(validated)]
+
+
 def with_run_files(trial: TrialFiles, study_dir: Path) -> TrialFiles:
     """The trial plus what its run folder STUDY/runs/<trial id>/ holds (the folder moves with
     the study, so it is found here rather than by the absolute path the summary records)."""
@@ -196,6 +229,7 @@ def with_run_files(trial: TrialFiles, study_dir: Path) -> TrialFiles:
     config = read_yaml_mapping(run_dir / "config.yaml")
     return replace(
         trial,
+        reports=reports_before_tune(run_dir / "metrics.jsonl", trial.reports) + trial.reports,
         run_config=flatten(config, ".") if config is not None else None,
         run_info=read_json_object(run_dir / "run_info.json"),
     )

@@ -951,3 +951,32 @@ def test_margin_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as info:
         main([str(study_dir), "--margin", "lpips=0.1"])
     assert info.value.code == 2 and "unknown metric 'lpips'" in capsys.readouterr().err
+
+
+def test_a_resumed_trials_curve_keeps_the_rounds_before_the_driver_restart(tmp_path):
+    # A driver restart that restores a trial makes Tune start its result.json afresh: the
+    # curve then began at the resume, and a collapsed trial whose loss fell before it was not
+    # flagged. The trainer's metrics.jsonl still has the earlier validation rounds.
+    from analysis.load import TrialFiles, reports_before_tune
+    from analysis.tables import background_collapsed, trial_curve
+
+    rows = [
+        {"step": 10, "train/loss": 1.0},
+        {"step": 10, "val/mask_iou": 0.0, "val/psnr_fg": 3.5},
+        {"step": 15, "train/loss": 0.9},  # a logging step without validation: not a round
+        {"step": 20, "train/loss": 0.6, "val/mask_iou": 0.0},
+        {"step": 30, "val/mask_iou": 0.5},  # Tune has this round: its report wins
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 40, "val/')
+    tune = [{"step": 30, "train/loss": 0.4, "val/mask_iou": 0.01, "training_iteration": 1}]
+    earlier = reports_before_tune(metrics, tune)
+    assert [r["step"] for r in earlier] == [10, 20]
+    assert earlier[0] == {"step": 10, "train/loss": 1.0, "val/mask_iou": 0.0, "val/psnr_fg": 3.5}
+    trial = TrialFiles(folder="t", params={}, reports=earlier + tune, summary=None, error_text=None)
+    curve = trial_curve(trial)
+    assert [row["step"] for row in curve] == [10, 20, 30]
+    assert curve[-1]["val/mask_iou"] == 0.01
+    assert background_collapsed(curve)  # loss 1.0 -> 0.4 while the final IoU is 0.01
+    assert not background_collapsed(trial_curve(TrialFiles("t", {}, tune, None, None)))
+    assert reports_before_tune(tmp_path / "missing.jsonl", tune) == []
