@@ -1,7 +1,7 @@
 """Side-by-side training-step speed: a baseline checkout against this one, alternating runs.
 
-    python benchmarks/compare_step.py --baseline /work/main --rounds 5 --steps 10
-    python benchmarks/compare_step.py --baseline /work/main --baseline-threads 2 --threads 1
+    python benchmarks/compare_step.py --baseline ../baseline-checkout --rounds 5 --steps 10
+    python benchmarks/compare_step.py --baseline ../baseline-checkout --baseline-threads 2 --threads 1
 
 Each round runs ``benchmarks/train_step.py`` once with the baseline checkout's own venv and once
 with this checkout's (the order flips every round, so a slow spell on a shared machine hits both
