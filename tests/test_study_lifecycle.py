@@ -267,13 +267,19 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     checkpoints |= {(p.parent.parent.name, p.name) for p in own}
     assert len({p.stat().st_ino for p in reported + own}) == len(checkpoints)
 
-    # the finished trial's W&B offline run
-    finished = json.loads(next(study_dir.glob("tune-*/*/trial_summary.json")).read_text())
-    wandb_file = next(
-        (study_dir / "runs" / finished["trial_id"]).glob("wandb_logs/wandb/*/run-*.wandb")
-    )
-    wb = read_offline_run(wandb_file)
-    assert wb.exited and wb.group == "mouse_loss_sweep" and wb.job_type == "trial"
+    # the finished trial's W&B offline run (the stopped trial may have written its summary too)
+    summaries = [json.loads(p.read_text()) for p in study_dir.glob("tune-*/*/trial_summary.json")]
+    finished = [s for s in summaries if s["status"] == "finished"]
+    assert len(finished) == 1, [(s["trial_id"], s["status"]) for s in summaries]
+    finished = finished[0]
+    run_dir = study_dir / "runs" / finished["trial_id"]
+    wandb_files = [  # not the latest-run link
+        p for p in run_dir.glob("wandb_logs/wandb/offline-run-*/run-*.wandb") if not p.is_symlink()
+    ]
+    found = [(str(p.relative_to(run_dir)), p.stat().st_size) for p in wandb_files]
+    assert len(wandb_files) == 1, (found, (run_dir / "attempts.jsonl").read_text())
+    wb = read_offline_run(wandb_files[0])
+    assert wb.exited and wb.group == "mouse_loss_sweep" and wb.job_type == "trial", found
     assert any(tag.startswith("ssim_loss_weight=") for tag in wb.tags), wb.tags
     assert wb.history_steps and max(wb.history_steps) == 20  # trainer steps, not Tune rounds
     psnr = pd.read_json(study_dir / "runs" / finished["trial_id"] / "metrics.jsonl", lines=True)
