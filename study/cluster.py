@@ -78,10 +78,10 @@ def start_ray(
         send_auth_token_if_available()  # before Ray is imported: Ray reads its config once
     import ray
 
-    runtime_env = {"env_vars": env}
     if address:
+        # Another machine's raylet does not inherit our environment: send it with every task
         try:
-            context = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            context = ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         except ConnectionError as exc:
             reason = str(exc).strip().splitlines()[-1]
             raise StudyError(
@@ -94,12 +94,13 @@ def start_ray(
         # address="local": always a new cluster of our own. Without it ray.init joins the one
         # another user started with `ray start --head` (found in /tmp/ray/ray_current_cluster,
         # or RAY_ADDRESS), whose resources and storage this study never asked for.
+        # No runtime_env: this cluster's processes inherit os.environ (ray_env set it), and a
+        # runtime_env would make every actor wait for the runtime-env agent (~0.5 s each).
         context = ray.init(
             address="local",
             include_dashboard=True,
             dashboard_host=dashboard_host,
             resources={"trial_slot": max_concurrent},
-            runtime_env=runtime_env,
             log_to_driver=False,
         )
     url = context.dashboard_url or ""

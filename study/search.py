@@ -156,6 +156,9 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
             scheduler=scheduler,
             num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
+            # The next trial runs in the finished one's trial actor (~4 s saved per trial on 2
+            # CPUs); its Train workers are new either way, so no model state carries over
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=Path(settings.tune_dir).name,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_study import REPO, TINY, ray_head, study_env, summaries
+from tests.test_study import REPO, TINY, TINY_64PX, ray_head, study_env, summaries
 from trainables.gslrm.data.synthetic import generate_dataset
 
 
@@ -84,7 +84,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
         str(storage),
         "--max-failures",
         "2",
-        *TINY,
+        *TINY_64PX,  # 64 px steps: seconds between the first checkpoint and the trial's end
         *data_args(data),
     ]
     proc = subprocess.Popen(
@@ -93,7 +93,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     study_dir = storage / "mouse_loss_sweep"
     deadline = time.monotonic() + 600
     killed_after = None
-    while time.monotonic() < deadline and killed_after is None:
+    while time.monotonic() < deadline and killed_after is None and proc.poll() is None:
         ckpts = sorted((study_dir / "runs").glob("*/checkpoints/ckpt_*.pt"))
         pids = ray_train_worker_pids(proc.pid)
         if ckpts and pids:

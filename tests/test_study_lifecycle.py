@@ -33,7 +33,7 @@ from tests.test_analysis import (
     write_study,
     write_trial,
 )
-from tests.test_study import TINY, dataset, free_port, study_env  # noqa: F401 - fixture
+from tests.test_study import TINY, TINY_64PX, dataset, free_port, study_env  # noqa: F401 - fixture
 from tests.wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,7 +217,9 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     refuses to resume (the original's optuna.db untouched); the original resumes to the end."""
     storage = tmp_path / "studies"
     study_dir = storage / "mouse_loss_sweep"
-    tiny = [a for a in TINY if a not in ("--wandb", "disabled")]
+    # 64 px steps: the second trial must still be running a few seconds after its metrics.jsonl
+    # appears, when SIGINT arrives; a 32 px trial can be done by then
+    tiny = [a for a in TINY_64PX if a not in ("--wandb", "disabled")]
     base = [
         sys.executable,
         "-m",
