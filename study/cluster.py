@@ -96,6 +96,9 @@ def start_ray(
         # or RAY_ADDRESS), whose resources and storage this study never asked for.
         # No runtime_env: this cluster's processes inherit os.environ (ray_env set it), and a
         # runtime_env would make every actor wait for the runtime-env agent (~0.5 s each).
+        # One machine that is the whole cluster has no other node to lose: Train's per-trial
+        # preemption-watcher actor (an extra process, ~3 CPU-s per trial here) has no job.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         context = ray.init(
             address="local",
             include_dashboard=True,

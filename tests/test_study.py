@@ -56,6 +56,9 @@ def dataset(tmp_path_factory) -> list[str]:
 def study_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    # Train's controller polls its workers every 2 s by default; a test trial trains for ~2 s,
+    # so a finished trial would wait up to a whole poll before the next one starts
+    env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     return env
 
 

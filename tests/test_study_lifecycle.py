@@ -217,8 +217,7 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     refuses to resume (the original's optuna.db untouched); the original resumes to the end."""
     storage = tmp_path / "studies"
     study_dir = storage / "mouse_loss_sweep"
-    # 64 px steps: the second trial must still be running a few seconds after its metrics.jsonl
-    # appears, when SIGINT arrives; a 32 px trial can be done by then
+    # 64 px steps (~3 s to the first validation, not TINY's 0.6 s): SIGINT lands mid-trial
     tiny = [a for a in TINY_64PX if a not in ("--wandb", "disabled")]
     base = [
         sys.executable,
@@ -241,13 +240,15 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     driver = subprocess.Popen(
         base, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    # SIGINT once the second trial's trainer has started (its config.yaml): 10 steps before its
+    # first validation, where ASHA may stop it and end the study (metrics.jsonl appears only then)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and driver.poll() is None:
         if len(list(study_dir.glob("tune-*/*/trial_summary.json"))) >= 1 and any(
-            len(list(run.glob("metrics.jsonl"))) for run in _second_runs(study_dir)
+            (run / "config.yaml").is_file() for run in _second_runs(study_dir)
         ):
             break
-        time.sleep(1)
+        time.sleep(0.2)
     assert driver.poll() is None, driver.communicate()[1][-3000:]
     driver.send_signal(signal.SIGINT)
     stdout, stderr = driver.communicate(timeout=300)

@@ -73,8 +73,14 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_smoke_config_learns_foreground(tmp_path, data):
-    """Masked losses on: validation foreground PSNR rises >= 3 dB over the untrained model."""
-    config = smoke(data, "training.losses.masked_l2_loss=true", "validation.max_items=4")
+    """Masked losses on: validation foreground PSNR rises >= 3 dB over the untrained model.
+    100 of the smoke config's 300 steps: the rise is there by step 50 (12.1 -> 17.5 dB here)."""
+    config = smoke(
+        data,
+        "training.losses.masked_l2_loss=true",
+        "validation.max_items=4",
+        "training.schedule.max_steps=100",
+    )
     assert config.training.losses.masked_l2_loss
     torch.manual_seed(config.training.runtime.seed)  # the same initial weights train() starts from
     untrained = GSLRM(config.model)
