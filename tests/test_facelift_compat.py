@@ -1,7 +1,7 @@
 """FaceLift checkpoint compatibility: parameter layout, loading rules and equal outputs.
 
-The fixture checkpoint is built from the reference's parameter names and shapes as listed in
-FACELIFT_NOTES.md ("Parameter layout"), filled with seeded random values and saved in the
+The fixture checkpoint is built from the reference FaceLift trainer's parameter names and shapes
+(written out in `facelift_state_dict` below), filled with seeded random values and saved in the
 reference's checkpoint format. The expected Gaussians come from `reference_gaussians` below:
 the reference model's computation written out from its formulas in a deliberately different
 style (explicit per-head softmax attention, pixel loops for rays), not from our model code.
@@ -41,7 +41,7 @@ def tiny_config(d: int = D, layers: int = LAYERS) -> ModelConfig:
 
 
 def facelift_state_dict(d: int = D, layers: int = LAYERS, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The reference's state_dict names and shapes (FACELIFT_NOTES.md), seeded random values."""
+    """The reference FaceLift model's state_dict names and shapes, seeded random values."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int, scale: float = 0.05) -> torch.Tensor:
@@ -106,7 +106,7 @@ def inputs(seed: int = 1) -> tuple[torch.Tensor, Cameras]:
 
 
 # --------------------------------------------------------------------------------------------
-# The reference computation, written out from FACELIFT_NOTES.md.
+# The reference computation, written out from the reference model's formulas.
 
 
 def reference_rays(c2w: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """GS-LRM: posed input views -> one transformer -> one 3D Gaussian per input pixel.
 
 Built to have FaceLift's parameter layout and input/output meaning, so FaceLift's pretrained
-weights load 1:1 (see `checkpoint.py` and FACELIFT_NOTES.md):
+weights load 1:1 (see `checkpoint.py`; tests/test_facelift_compat.py pins the layout):
 
 - input per view, 9 channels per pixel: RGB * 2 - 1, then 6 ray channels. With
   `use_custom_plucker` (FaceLift's default): unit direction d and the ray's closest point to
