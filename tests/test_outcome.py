@@ -127,3 +127,77 @@ def test_checkpoint_is_staged_on_its_own_filesystem_or_copied(tmp_path: Path) ->
         for path in sorted(shm_run.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
         shm_run.rmdir()
+
+
+class ResumedAtTheEndTrainer:
+    """A trainer that finds its run already at the last step (the driver died after the final
+    checkpoint, before Tune kept the last report) or that trains the steps itself."""
+
+    def __init__(self, run_dir: Path, max_steps: int, steps_this_call: int) -> None:
+        self.run_dir, self.max_steps, self.steps_this_call = run_dir, max_steps, steps_this_call
+
+    def fit(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"step": self.max_steps - 10, "train/loss": 0.5},
+            {"step": self.max_steps - 10, "val/psnr_fg": 11.0, "val/mask_iou": 0.2},
+            {"step": self.max_steps, "train/loss": 0.25, "epoch": 3},
+            {"step": self.max_steps, "val/psnr_fg": 12.5, "val/mask_iou": 0.3},
+        ]
+        lines = [json.dumps(row) for row in rows] + ['{"step": 99, "val/ps']  # a torn last line
+        (self.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        result = {"steps_this_call": self.steps_this_call, "final_step": self.max_steps}
+        (self.run_dir / "train_result.json").write_text(json.dumps(result))
+
+
+@pytest.mark.parametrize("steps_this_call", [0, 10])
+def test_a_trial_resumed_at_its_last_step_reports_its_recorded_summary(
+    tmp_path: Path, monkeypatch, steps_this_call: int
+) -> None:
+    """Before: a trial whose trainer resumed at max_steps trained and reported nothing, and Tune
+    failed the whole study ("Trial returned a result which did not include the specified
+    metric(s) `val/psnr_fg`"), the red CI of the driver-killed-twice test. Now such a trial
+    reports the summary its metrics.jsonl records; one that trained reports nothing extra (its
+    loop's reports reached Tune)."""
+    from ray import tune
+
+    from trainables import ray_trainable
+    from trainables.gslrm.config import TrainerConfig, save_config
+
+    base = tmp_path / "base.yaml"
+    config = TrainerConfig()
+    save_config(config, base)
+    max_steps = config.training.schedule.max_steps
+    trial_dir = tmp_path / "tune" / "trial_0"
+    context = SimpleNamespace(
+        get_trial_id=lambda: "abc_00000", get_trial_dir=lambda: str(trial_dir)
+    )
+    reported: list[dict] = []
+    monkeypatch.setattr(tune, "get_context", lambda: context)
+    monkeypatch.setattr(tune, "report", lambda metrics: reported.append(metrics))
+    run_dir = tmp_path / "runs" / "abc_00000"
+    monkeypatch.setattr(
+        ray_trainable,
+        "make_trainer",
+        lambda *args: ResumedAtTheEndTrainer(run_dir, max_steps, steps_this_call),
+    )
+    settings = ray_trainable.TrialSettings(
+        study="s", study_dir=str(tmp_path), tune_dir=str(tmp_path / "tune"), base_config=str(base)
+    )
+    ray_trainable.run_trial({}, settings)
+
+    summary = json.loads((trial_dir / "trial_summary.json").read_text())
+    assert summary["status"] == "finished"
+    if steps_this_call:
+        assert reported == []
+        return
+    assert reported == [
+        {
+            "step": max_steps,
+            "train/loss": 0.25,
+            "epoch": 3,
+            "val/psnr_fg": 12.5,
+            "val/mask_iou": 0.3,
+            "timesteps_total": max_steps,
+        }
+    ]

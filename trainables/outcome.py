@@ -46,24 +46,30 @@ def _json_object(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def last_logged_step(run_dir: Path) -> int:
-    """The newest "step" in run_dir/metrics.jsonl; 0 when nothing readable was logged.
+def metric_records(run_dir: Path) -> list[dict]:
+    """The JSON objects of run_dir/metrics.jsonl in order; [] when there is no readable log.
 
     A line cut short by a killed writer is skipped, not fatal.
     """
     try:
         text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8")
-    except OSError:
-        return 0
-    newest = 0
+    except (OSError, UnicodeDecodeError):
+        return []
+    records = []
     for line in text.splitlines():
         try:
-            step = json.loads(line).get("step", 0)
-        except (ValueError, AttributeError):
+            record = json.loads(line)
+        except ValueError:
             continue
-        if isinstance(step, int) and not isinstance(step, bool):
-            newest = max(newest, step)
-    return newest
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def last_logged_step(run_dir: Path) -> int:
+    """The newest "step" in run_dir/metrics.jsonl; 0 when nothing readable was logged."""
+    steps = [record.get("step") for record in metric_records(run_dir)]
+    return max((s for s in steps if isinstance(s, int) and not isinstance(s, bool)), default=0)
 
 
 def classify_outcome(

@@ -47,7 +47,7 @@ from trainables.gslrm.config import (
     load_config,
 )
 from trainables.gslrm.version import code_version
-from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome
+from trainables.outcome import DIVERGED_FILE, RESULT_FILE, classify_outcome, metric_records
 
 SUMMARY_FILE = "trial_summary.json"
 EVAL_ERROR_FILE = "eval_error.json"  # why a finished run has no eval/ (see evaluate_at_end)
@@ -382,6 +382,11 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
 
     outcome = classify_outcome(run_dir, config.training.schedule.max_steps, error)
     result = _read_json(run_dir / RESULT_FILE)
+    if outcome.status == "finished" and result.get("steps_this_call") == 0:
+        # The trainer resumed at its last step (the driver died after the final checkpoint but
+        # before Tune kept the last report): it trained and reported nothing, and a trial that
+        # ends without a report fails Tune's metric check, so its recorded summary goes instead.
+        tune.report(recorded_summary(run_dir))
     attempts = run_dir / ATTEMPTS_FILE
     summary: dict[str, Any] = {
         "trial_id": trial_id,
@@ -406,6 +411,19 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     if outcome.status in ("errored", "diverged"):
         # Tune records the trial as errored (Optuna: failed); the study goes on.
         raise RuntimeError(outcome.error)
+
+
+def recorded_summary(run_dir: Path) -> dict[str, Any]:
+    """The last report a run made, rebuilt from its metrics.jsonl: every logged record merged in
+    order (the last training window and the last validation round, as the loop's report holds
+    them), with `step` and Tune's `timesteps_total` at the last logged step. Torn lines (a kill
+    mid-write) are skipped."""
+    summary: dict[str, Any] = {}
+    for record in metric_records(run_dir):
+        summary.update(record)
+    if isinstance(summary.get("step"), int):
+        summary["timesteps_total"] = summary["step"]
+    return summary
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -438,13 +456,7 @@ def rebuild_wandb_run(run_dir: Path) -> bool:
     config = load_config(run_dir / "config.yaml")
     if config.training.logging.wandb.mode == "disabled":
         return False
-    records = []
-    metrics = run_dir / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line torn by the kill
+    records = metric_records(run_dir)  # a line torn by the kill is skipped
     for old in (wandb_dir / "wandb").glob(f"*-{info['trial_id']}"):
         shutil.rmtree(old, ignore_errors=True)  # the killed run's header-only folder
     grouping = info.get("wandb", {})
