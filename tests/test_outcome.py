@@ -157,8 +157,9 @@ def test_a_trial_resumed_at_its_last_step_reports_its_recorded_summary(
     """Before: a trial whose trainer resumed at max_steps trained and reported nothing, and Tune
     failed the whole study ("Trial returned a result which did not include the specified
     metric(s) `val/psnr_fg`"), the red CI of the driver-killed-twice test. Now such a trial
-    reports the summary its metrics.jsonl records; one that trained reports nothing extra (its
-    loop's reports reached Tune)."""
+    reports the summary its metrics.jsonl records, after writing its trial summary (a scheduler
+    may stop it on that report); one that trained reports nothing extra (its loop's reports
+    reached Tune)."""
     from ray import tune
 
     from trainables import ray_trainable
@@ -173,8 +174,14 @@ def test_a_trial_resumed_at_its_last_step_reports_its_recorded_summary(
         get_trial_id=lambda: "abc_00000", get_trial_dir=lambda: str(trial_dir)
     )
     reported: list[dict] = []
+
+    def report(metrics: dict) -> None:
+        # a scheduler may stop the trial on this report: its summary must already be written
+        assert (trial_dir / "trial_summary.json").is_file()
+        reported.append(metrics)
+
     monkeypatch.setattr(tune, "get_context", lambda: context)
-    monkeypatch.setattr(tune, "report", lambda metrics: reported.append(metrics))
+    monkeypatch.setattr(tune, "report", report)
     run_dir = tmp_path / "runs" / "abc_00000"
     monkeypatch.setattr(
         ray_trainable,

@@ -382,11 +382,6 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
 
     outcome = classify_outcome(run_dir, config.training.schedule.max_steps, error)
     result = _read_json(run_dir / RESULT_FILE)
-    if outcome.status == "finished" and result.get("steps_this_call") == 0:
-        # The trainer resumed at its last step (the driver died after the final checkpoint but
-        # before Tune kept the last report): it trained and reported nothing, and a trial that
-        # ends without a report fails Tune's metric check, so its recorded summary goes instead.
-        tune.report(recorded_summary(run_dir))
     attempts = run_dir / ATTEMPTS_FILE
     summary: dict[str, Any] = {
         "trial_id": trial_id,
@@ -408,6 +403,12 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     # summary goes straight to the trial's folder in the study's storage as well.
     for folder in {trial_dir, Path(settings.tune_dir) / trial_dir.name}:
         write_json_atomic(folder / SUMMARY_FILE, summary)
+    if outcome.status == "finished" and result.get("steps_this_call") == 0:
+        # The trainer resumed at its last step (the driver died after the final checkpoint but
+        # before Tune kept the last report): it trained and reported nothing, and a trial that
+        # ends without a report fails Tune's metric check, so its recorded summary goes instead.
+        # Last, after the summary: a scheduler may stop the trial on this report.
+        tune.report(recorded_summary(run_dir))
     if outcome.status in ("errored", "diverged"):
         # Tune records the trial as errored (Optuna: failed); the study goes on.
         raise RuntimeError(outcome.error)
