@@ -162,10 +162,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         return ray.train.Checkpoint.from_directory(str(target))
 
     def report(metrics: dict[str, float], checkpoint_file: Path | None) -> None:
-        if "step" in metrics:
-            # Tune's TensorBoard logger steps by timesteps_total when a result has it (else by
-            # Tune iteration 1, 2, 3): the trainer step, as in W&B, metrics.jsonl and curves.
-            metrics = {**metrics, "timesteps_total": metrics["step"]}
+        metrics = with_tune_step(metrics)
         if checkpoint_file is None:
             ray.train.report(metrics)
             return
@@ -414,6 +411,13 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         raise RuntimeError(outcome.error)
 
 
+def with_tune_step(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A report for Tune: Tune's TensorBoard logger steps by `timesteps_total` when a result has
+    it (else by Tune iteration 1, 2, 3), so it gets the trainer's `step`, as in W&B,
+    metrics.jsonl and the curves."""
+    return {**metrics, "timesteps_total": metrics["step"]} if "step" in metrics else metrics
+
+
 def recorded_summary(run_dir: Path) -> dict[str, Any]:
     """The last report a run made, rebuilt from its metrics.jsonl: every logged record merged in
     order (the last training window and the last validation round, as the loop's report holds
@@ -422,9 +426,7 @@ def recorded_summary(run_dir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for record in metric_records(run_dir):
         summary.update(record)
-    if isinstance(summary.get("step"), int):
-        summary["timesteps_total"] = summary["step"]
-    return summary
+    return with_tune_step(summary)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
