@@ -114,7 +114,9 @@ def make_searcher(plan: StudyPlan):
 def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict):
     """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from study.scheduler import TrainerStepASHA, may_reuse_actors
 
     spec = plan.spec
     trainable = tune.with_resources(tune.with_parameters(run_trial, settings=settings), resources)
@@ -128,15 +130,12 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
         )
 
     config = plan.config
-    rounds = max(1, config.training.schedule.max_steps // config.validation.val_every)
-    grace = plan.grace_period_rounds
     if spec.scheduler == "asha":
-        # max_t one round past the last, so ASHA never stops a trial for reaching the end: a trial
-        # that ends by itself writes its own summary instead of being killed mid-teardown.
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=rounds + 1,
-            grace_period=min(grace, rounds),
+        # Rungs at trainer steps: a report Train repeats after a worker restart lands on a rung
+        # the trial already passed, and the trial's last step is never a rung.
+        scheduler = TrainerStepASHA(
+            max_steps=config.training.schedule.max_steps,
+            grace_steps=plan.grace_period_rounds * config.validation.val_every,
             reduction_factor=2,
         )
     else:
@@ -156,9 +155,10 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
             scheduler=scheduler,
             num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
-            # The next trial runs in the finished one's trial actor (~4 s saved per trial on 2
-            # CPUs); its Train workers are new either way, so no model state carries over
-            reuse_actors=True,
+            # A trial that ended by itself leaves its actor to the next (a process start saved
+            # per trial); never under ASHA, whose stopped trials must take their actor down
+            # (study.scheduler.may_reuse_actors says why). Train workers are new either way.
+            reuse_actors=may_reuse_actors(spec.scheduler),
         ),
         run_config=tune.RunConfig(
             name=Path(settings.tune_dir).name,
