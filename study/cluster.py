@@ -70,9 +70,12 @@ def send_auth_token_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def start_ray(
-    address: str | None, max_concurrent: int, env: dict[str, str], dashboard_host: str
-) -> str:
+# A local cluster's trial slots: trials reserve one instead of a CPU; how many run at once is
+# Tune's max_concurrent_trials (study.resources.decide_concurrency), not this count.
+LOCAL_TRIAL_SLOTS = 1024
+
+
+def start_ray(address: str | None, env: dict[str, str], dashboard_host: str) -> str:
     """Start a local Ray with its dashboard on loopback, or join `address`. Returns the dashboard URL."""
     if address:
         send_auth_token_if_available()  # before Ray is imported: Ray reads its config once
@@ -103,7 +106,7 @@ def start_ray(
             address="local",
             include_dashboard=True,
             dashboard_host=dashboard_host,
-            resources={"trial_slot": max_concurrent},
+            resources={"trial_slot": LOCAL_TRIAL_SLOTS},
             log_to_driver=False,
         )
     url = context.dashboard_url or ""
@@ -119,6 +122,13 @@ def gpus_per_trial(requested: float | None, workers: int) -> float:
     return float(workers) if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def cluster_nodes() -> list[dict[str, float]]:
+    """Each alive node's total resources."""
+    import ray
+
+    return alive_node_resources(ray.nodes())
+
+
 def check_cluster_fits(request: TrialRequest, autoscaling: bool) -> str | None:
     """Refuse (ResourceError) a trial the connected cluster can never place, before the Tuner
     starts: Ray would keep it pending forever without a word. Returns the warning to print
@@ -128,6 +138,6 @@ def check_cluster_fits(request: TrialRequest, autoscaling: bool) -> str | None:
     return check_trial_fits(
         request,
         ray.cluster_resources(),
-        alive_node_resources(ray.nodes()),
+        cluster_nodes(),
         autoscaling=autoscaling,
     )

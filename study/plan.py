@@ -56,7 +56,7 @@ class StudyPlan:
     storage: Path
     data: DataSpec
     num_samples: int
-    max_concurrent: int
+    max_concurrent: int | None  # a cap (--max-concurrent); None: as many as the cluster holds
     seeds: tuple[int, ...] | None
     workers_per_trial: int
     gpus_per_trial: float | None
@@ -68,6 +68,10 @@ class StudyPlan:
     wandb: str | None
     dashboard_host: str
     set_args: tuple[str, ...]
+    # Where trial drivers (the Tune function driving TorchTrainer.fit, and its Train controller)
+    # run on a joined cluster: a Ray resource only nodes that do not vanish have. Default: the
+    # head node's own resource.
+    driver_resource: str = "node:__internal_head__"
 
     @property
     def name(self) -> str:
@@ -118,11 +122,117 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
+# The command-line flags a study keeps for its whole life, stored in study.json["plan"] and
+# reloaded by --resume: StudyPlan field -> (flag, default when the flag is not given).
+PLAN_FLAGS: dict[str, tuple[str, Any]] = {
+    "size": ("--size", "full"),
+    "num_samples": ("--num-samples", None),
+    "max_concurrent": ("--max-concurrent", None),
+    "seeds": ("--seeds", None),
+    "workers_per_trial": ("--workers-per-trial", 1),
+    "gpus_per_trial": ("--gpus-per-trial", None),
+    "cpus_per_worker": ("--cpus-per-worker", 1.0),
+    "max_failures": ("--max-failures", 2),
+    "sampler_seed": ("--sampler-seed", None),
+    "wandb": ("--wandb", None),
+    "dashboard_host": ("--dashboard-host", "127.0.0.1"),
+    "driver_resource": ("--driver-resource", "node:__internal_head__"),
+}
+ADDRESS_FLAG = "--address"  # may change on --resume (a cluster's head moves); said when it does
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan flags the user gave on this command line: {StudyPlan field: value}.
+
+    The parser's defaults are None, so a flag left out is told from one given with its default
+    value (`--workers-per-trial 1` on a study started with 2 is a contradiction, not a default).
+    """
+    given = {field: getattr(args, field, None) for field in PLAN_FLAGS}
+    if getattr(args, "smoke", False):
+        given["size"] = "smoke"
+    return {field: value for field, value in given.items() if value is not None}
+
+
+def stored_plan(record: dict[str, Any]) -> dict[str, Any]:
+    """study.json's plan flags and address; a study written before the plan was stored gives
+    what its record holds (size, workers, GPUs, samples, sampler seed)."""
+    plan = record.get("plan")
+    if isinstance(plan, dict):
+        return plan
+    known = ("size", "num_samples", "workers_per_trial", "gpus_per_trial", "sampler_seed")
+    return {key: record[key] for key in known if key in record}
+
+
+def _same(field: str, given: Any, stored: Any) -> bool:
+    if field == "seeds" and stored is not None:
+        stored = tuple(stored)
+    if isinstance(given, float) or isinstance(stored, float):
+        try:
+            return float(given) == float(stored)
+        except (TypeError, ValueError):
+            return False
+    return given == stored
+
+
+def resumed_args(args: argparse.Namespace, record: dict[str, Any]) -> argparse.Namespace:
+    """The command line of a --resume, completed from the plan the study stored.
+
+    A flag that contradicts the stored plan is refused, naming the flag and both values. A
+    different --address is allowed (the head may have moved) and printed; without --address the
+    study joins the cluster it ran on.
+    """
+    stored = stored_plan(record)
+    given = given_flags(args)
+    for field, value in given.items():
+        if field in stored and not _same(field, value, stored[field]):
+            flag = PLAN_FLAGS[field][0]
+            raise StudyError(
+                f"{flag} {value}: a resumed study keeps the plan it started with ({flag} "
+                f"{stored[field]} in {record.get('study_dir', 'study.json')}/study.json); "
+                "leave the flag out, or start a new study with --storage DIR"
+            )
+    merged = vars(args).copy()
+    for field, value in stored.items():
+        if field in PLAN_FLAGS and merged.get(field) is None:
+            merged[field] = tuple(value) if field == "seeds" and value is not None else value
+    merged["smoke"] = False  # the size now comes from the stored plan
+    stored_address = stored.get("address")
+    if args.address and stored_address and args.address != stored_address:
+        print(
+            f"[study] --address {args.address}: the study ran on {stored_address}; resuming on "
+            "the new address",
+            file=sys.stderr,
+            flush=True,
+        )
+    merged["address"] = args.address or stored_address
+    # --set values the study started with come back too (a contradicting one is refused by
+    # resumed_overrides)
+    merged["set"] = list(dict.fromkeys([*stored.get("set_args", ()), *args.set]))
+    return argparse.Namespace(**merged)
+
+
+def plan_flags_record(plan: StudyPlan, gpus_per_trial: float) -> dict[str, Any]:
+    """study.json["plan"]: every flag a --resume restores, with the GPUs per trial decided when
+    the study started (so a resume on another cluster keeps each trial's size)."""
+    record = {field: getattr(plan, field) for field in PLAN_FLAGS}
+    record["gpus_per_trial"] = gpus_per_trial
+    record["seeds"] = list(plan.seeds) if plan.seeds is not None else None
+    record["address"] = plan.address
+    record["set_args"] = list(plan.set_args)
+    return record
+
+
 def make_plan(args: argparse.Namespace) -> StudyPlan:
     """Validate the study, config overrides and search space against the config; no I/O
-    beyond reading the study's YAML."""
+    beyond reading the study's YAML (and, for --resume, the study's study.json)."""
     spec = get_study(args.name)
-    size = "smoke" if args.smoke else args.size
+    if getattr(args, "resume", False):
+        record = _read_record(_storage(args) / spec.name / "study.json")
+        if record is not None:
+            args = resumed_args(args, record)
+    flags = {field: default for field, (_, default) in PLAN_FLAGS.items()}
+    flags.update(given_flags(args))
+    size = flags["size"]
     preset = spec.preset(size)
     base_config = resolve_path(preset.base_config if preset else spec.base_config)
     # Each trial's run folder keeps its newest checkpoints only: Ray Train keeps the best and the
@@ -138,8 +248,8 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
     if preset:
         overrides.update(preset.overrides)
     overrides.update(dict(parse_override(text) for text in args.set))
-    if args.wandb:
-        overrides["training.logging.wandb.mode"] = args.wandb
+    if flags["wandb"]:
+        overrides["training.logging.wandb.mode"] = flags["wandb"]
     config = apply_overrides(load_config(base_config), overrides)  # names any bad --set key
     keys = set(flat_config(config))
     if spec.search == "optuna":
@@ -147,32 +257,55 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
     else:
         check_space([Param(k, choices=v) for k, v in spec.grid.items()], keys)
         check_space([Param(k, choices=[None]) for k in spec.linked], keys)
-    storage = (
-        Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
-    )
     preset_samples = preset.num_samples if preset and spec.search == "optuna" else None
+    if flags["max_concurrent"] is not None and flags["max_concurrent"] < 1:
+        raise StudyError(f"--max-concurrent {flags['max_concurrent']}: must be 1 or more")
     return StudyPlan(
         spec=spec,
         size=size,
         base_config=base_config,
         overrides=overrides,
         config=config,
-        storage=storage,
+        storage=_storage(args),
         data=preset.data if preset else spec.data,
-        num_samples=args.num_samples or preset_samples or spec.num_samples,  # grid: repeats
-        max_concurrent=args.max_concurrent or spec.max_concurrent,
-        seeds=args.seeds,
-        workers_per_trial=args.workers_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        cpus_per_worker=args.cpus_per_worker,
-        max_failures=args.max_failures,
-        sampler_seed=spec.sampler_seed if args.sampler_seed is None else args.sampler_seed,
+        num_samples=flags["num_samples"] or preset_samples or spec.num_samples,  # grid: repeats
+        max_concurrent=flags["max_concurrent"],
+        seeds=flags["seeds"],
+        workers_per_trial=flags["workers_per_trial"],
+        gpus_per_trial=flags["gpus_per_trial"],
+        cpus_per_worker=flags["cpus_per_worker"],
+        max_failures=flags["max_failures"],
+        sampler_seed=spec.sampler_seed if flags["sampler_seed"] is None else flags["sampler_seed"],
         address=args.address,
-        resume=bool(args.resume),
-        wandb=args.wandb,
-        dashboard_host=args.dashboard_host,
+        resume=bool(getattr(args, "resume", False)),
+        wandb=flags["wandb"],
+        dashboard_host=flags["dashboard_host"],
         set_args=tuple(args.set),
+        driver_resource=flags["driver_resource"],
     )
+
+
+def _storage(args: argparse.Namespace) -> Path:
+    return Path(args.storage).expanduser().resolve() if args.storage else (Path.cwd() / "studies")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """study.json as a dict; None when absent (check_resume_state then names what is missing).
+    An unreadable one is refused here, naming it."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StudyError(
+            f"{path}: unreadable ({type(exc).__name__}); the study cannot be resumed, "
+            "start it again with --storage DIR"
+        ) from None
+    if not isinstance(record, dict):
+        raise StudyError(
+            f"{path}: not a study record (a JSON object); start again with --storage DIR"
+        )
+    return record
 
 
 def find_tune_dir(study_dir: Path) -> Path | None:
@@ -262,6 +395,7 @@ def study_record(
         "overrides": overrides,
         "workers_per_trial": plan.workers_per_trial,
         "gpus_per_trial": gpus_per_trial,
+        "plan": plan_flags_record(plan, gpus_per_trial),
         "tune_dir": tune_dir.name,
         "study_dir": str(plan.study_dir.resolve()),  # a moved folder is refused on --resume
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),

@@ -175,3 +175,43 @@ def check_trial_fits(
     if autoscaling:
         return f"{problem}; the cluster autoscales, so the study waits for nodes to join"
     raise ResourceError(f"{problem}: {fix}")
+
+
+def trials_that_fit(request: TrialRequest, nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many trials the cluster holds at once (0 when not even one).
+
+    nodes: each alive node's total resources. Train worker bundles are packed node by node (a
+    bundle never spans nodes) and shared out `request.workers` per trial; the trials' own
+    bundles (the driver: a trial slot, or a sliver of the head node's resource) are counted the
+    same way. E.g. 4 nodes of 8 GPUs, 2 workers of 1 GPU per trial: 16 trials.
+    """
+    worker_bundles = sum(_bundles_that_fit(node, request.worker) for node in nodes)
+    trials = worker_bundles // max(1, request.workers)
+    if any(amount > 0 for amount in request.trial.values()):
+        trials = min(trials, sum(_bundles_that_fit(node, request.trial) for node in nodes))
+    return trials
+
+
+def decide_concurrency(
+    cap: int | None, request: TrialRequest, nodes: Sequence[Mapping[str, float]]
+) -> tuple[int, str]:
+    """Trials to run at once, and the sentence that says why.
+
+    As many as the cluster holds (`trials_that_fit`), at most `cap` (--max-concurrent); at least
+    one (an autoscaling cluster that holds none yet waits for nodes).
+    """
+    fit = trials_that_fit(request, nodes)
+    count = max(1, min(fit, cap) if cap is not None else fit)
+    cluster = format_resources(
+        {
+            name: sum(node.get(name, 0.0) for node in nodes)
+            for name in sorted(set(request.worker) | {"CPU"})
+        }
+    )
+    why = (
+        f"the cluster ({cluster} on {len(nodes)} node(s)) holds {fit} trial(s) of "
+        f"{request.workers} worker(s) x [{format_resources(request.worker)}]"
+    )
+    if cap is not None and cap < fit:
+        why += f"; --max-concurrent {cap} caps it"
+    return count, why

@@ -33,11 +33,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analysis.load import read_json_object
 from search_spaces import SearchSpaceError
-from study.cluster import check_address, check_cluster_fits, gpus_per_trial, ray_env, start_ray
+from study.cluster import (
+    check_address,
+    check_cluster_fits,
+    cluster_nodes,
+    gpus_per_trial,
+    ray_env,
+    start_ray,
+)
 from study.plan import (
     StudyError,
     StudyPlan,
@@ -50,7 +59,7 @@ from study.plan import (
     synthetic_data_folder,
     user_dataset,
 )
-from study.resources import ResourceError, TrialRequest, gpus_per_worker
+from study.resources import ResourceError, TrialRequest, decide_concurrency, gpus_per_worker
 from study.search import build_tuner
 from study.state import (
     INTERRUPTED_FILE,
@@ -159,11 +168,11 @@ def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float
     )
 
 
-def trial_request(plan: StudyPlan, trial_resources: dict, gpus: float) -> TrialRequest:
+def trial_request(plan: StudyPlan, own: dict, gpus: float) -> TrialRequest:
     """One trial's Ray bundles: its own (the function driving TorchTrainer.fit) + its workers'."""
     per_worker = gpus_per_worker(plan.workers_per_trial, gpus)
     worker = {"CPU": plan.cpus_per_worker, **({"GPU": per_worker} if per_worker else {})}
-    return TrialRequest(trial=trial_resources, worker=worker, workers=plan.workers_per_trial)
+    return TrialRequest(trial=own, worker=worker, workers=plan.workers_per_trial)
 
 
 def planned_trials(plan: StudyPlan) -> int:
@@ -185,44 +194,89 @@ class _NoRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
+# Exit codes of a study stopped by a signal: 128 + the signal's number, as shells report it
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class Interrupts:
+    """The stop signals a study received: times and the first one's number."""
+
+    times: list[float] = field(default_factory=list)
+    first: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.times)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.first, 130)
+
+
 @contextmanager
-def graceful_interrupt() -> Iterator[list[float]]:
-    """Ctrl-C ends the study the way Tune's own stop signal does; yields the times it came.
+def graceful_interrupt(resume_line: str) -> Iterator[Interrupts]:
+    """Ctrl-C or SIGTERM ends the study the way Tune's own stop signal does; a second aborts.
 
-    Tune's SIGINT handler gives no way to learn afterwards that it fired, so it is switched
-    off (TUNE_DISABLE_SIGINT_HANDLER, read when fit() starts) and the first Ctrl-C forwards
-    SIGUSR1, which Tune treats the same way: trials stop, the state is saved, fit() returns.
-    A second Ctrl-C raises KeyboardInterrupt at once.
+    SLURM and Kubernetes send SIGTERM before they kill a job, so it does what Ctrl-C does:
+    Tune's SIGINT handler is switched off (TUNE_DISABLE_SIGINT_HANDLER, read when fit() starts)
+    and the first signal forwards SIGUSR1, which Tune treats as a stop: trials stop, the state
+    is saved, fit() returns, the caller writes the partial report and exits 130 (SIGINT) or
+    143 (SIGTERM). A second signal aborts at once, whatever Tune is doing (a trial that does not
+    stop, a slow save): the resume line is printed and the process exits on the spot; the next
+    --resume continues from Tune's last saved state.
     """
-    hits: list[float] = []
+    interrupts = Interrupts()
 
-    def on_sigint(signum, frame) -> None:
-        if hits:
-            raise KeyboardInterrupt
-        hits.append(time.time())
+    def on_signal(signum, frame) -> None:
+        if interrupts:
+            print(
+                f"[study] second stop signal: aborting now; continue with `{resume_line}`",
+                file=sys.stderr,
+                flush=True,
+            )
+            abort_now(EXIT_CODES.get(interrupts.first, 130))
+        interrupts.times.append(time.time())
+        interrupts.first = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "[study] Ctrl-C: stopping the running trials and saving the study state "
+            f"[study] {name}: stopping the running trials and saving the study state "
             "(Ctrl-C again to abort at once)",
             file=sys.stderr,
             flush=True,
         )
         os.kill(os.getpid(), signal.SIGUSR1)
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_signal) for sig in EXIT_CODES}
     previous_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     hint_filter = _NoRestoreHint()
     tune_logger = logging.getLogger("ray.tune.tune")
     tune_logger.addFilter(hint_filter)
     try:
-        yield hits
+        yield interrupts
     finally:
         tune_logger.removeFilter(hint_filter)
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if previous_env is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_env
+
+
+def abort_now(code: int) -> None:
+    """Exit this process at once, taking down the local Ray it started (a joined cluster is
+    left running). Raising KeyboardInterrupt is not enough: the main thread may sit in a call
+    that does not return to Python for minutes."""
+    try:
+        import ray
+
+        node = getattr(ray._private.worker, "_global_node", None)
+        if node is not None and node.head:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+    except Exception:  # noqa: BLE001 - exiting is what matters
+        pass
+    os._exit(code)
 
 
 def finish_killed_wandb_runs(study_dir: Path) -> None:
@@ -238,15 +292,30 @@ def finish_killed_wandb_runs(study_dir: Path) -> None:
             )
 
 
-def resume_command(plan: StudyPlan, storage_given: bool) -> str:
+def resume_command(plan: StudyPlan) -> str:
+    """The command that continues this study: its name and folder; everything else (size,
+    workers, GPUs, concurrency, address, --set) comes back from study.json."""
     parts = ["python -m study.run", plan.name, "--resume"]
-    if plan.size == "smoke":
-        parts.append("--smoke")
-    elif plan.size != "full":
-        parts += ["--size", plan.size]
-    if storage_given:
+    if plan.storage != Path.cwd() / "studies":
         parts += ["--storage", str(plan.storage)]
     return " ".join(parts)
+
+
+def trial_resources(plan: StudyPlan) -> dict[str, float]:
+    """A trial's own bundle (the Tune function driving TorchTrainer.fit; Train puts the trial's
+    controller on the same node). Locally a trial slot, so both CPUs stay free for Train
+    workers. On a joined cluster a sliver of a resource only lasting nodes have (the head's, by
+    default): a trial whose driver sat on a lost worker node would error for good."""
+    if not plan.address:
+        return {"trial_slot": 1.0, "CPU": 0.0}
+    return {plan.driver_resource: 0.001, "CPU": 0.0}
+
+
+def stored_concurrency(study_dir: Path) -> int | None:
+    """The concurrency a study started with (study.json); a restored Tuner keeps it."""
+    record = read_json_object(study_dir / "study.json") or {}
+    value = (record.get("plan") or {}).get("concurrency")
+    return value if isinstance(value, int) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -282,32 +351,36 @@ def run(args: argparse.Namespace) -> int:
 
     # --- Ray
     env = ray_env(plan.wandb or plan.config.training.logging.wandb.mode)
-    dashboard = start_ray(plan.address, plan.max_concurrent, env, plan.dashboard_host)
+    dashboard = start_ray(plan.address, env, plan.dashboard_host)
     import ray
 
     try:
         print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
         gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
-        trial_resources = {"CPU": 1.0} if plan.address else {"trial_slot": 1.0, "CPU": 0.0}
-        warning = check_cluster_fits(
-            trial_request(plan, trial_resources, gpus), autoscaling=args.autoscaling
-        )
+        own = trial_resources(plan)
+        request = trial_request(plan, own, gpus)
+        warning = check_cluster_fits(request, autoscaling=args.autoscaling)
         if warning:
             print(f"[study] warning: {warning}", file=sys.stderr, flush=True)
+        concurrency, why = decide_concurrency(plan.max_concurrent, request, cluster_nodes())
+        if restore:
+            concurrency = stored_concurrency(study_dir) or concurrency
+            why = "as the study started (study.json)"
+        print(f"[study] {concurrency} trial(s) at once: {why}", flush=True)
         settings = trial_settings(plan, overrides, tune_dir, gpus)
         if not restore:
-            write_json_atomic(
-                study_dir / "study.json", study_record(plan, overrides, gpus, tune_dir)
-            )
+            record = study_record(plan, overrides, gpus, tune_dir)
+            record["plan"]["concurrency"] = concurrency
+            write_json_atomic(study_dir / "study.json", record)
         (study_dir / INTERRUPTED_FILE).unlink(missing_ok=True)
         try:
-            tuner = build_tuner(plan, settings, restore, trial_resources)
+            tuner = build_tuner(plan, settings, restore, own, concurrency)
         except Exception as exc:  # noqa: BLE001 - Ray's many restore errors, one message
             if not restore:
                 raise
             raise restore_error(tune_dir, exc) from None
         start = time.perf_counter()
-        with graceful_interrupt() as interrupts:
+        with graceful_interrupt(resume_command(plan)) as interrupts:
             results = tuner.fit()
         wall = time.perf_counter() - start
         planned = planned_trials(plan)
@@ -315,7 +388,12 @@ def run(args: argparse.Namespace) -> int:
         if interrupts:
             write_json_atomic(
                 study_dir / INTERRUPTED_FILE,
-                {"finished": done, "planned": planned, "time": interrupts[0]},
+                {
+                    "finished": done,
+                    "planned": planned,
+                    "time": interrupts.times[0],
+                    "signal": signal.Signals(interrupts.first).name,
+                },
             )
         else:  # (an interrupted trial's W&B run goes on when the study resumes)
             finish_killed_wandb_runs(study_dir)
@@ -334,11 +412,11 @@ def run(args: argparse.Namespace) -> int:
     if interrupts:
         print(
             f"interrupted: {done} of {planned} trials finished; continue with "
-            f"`{resume_command(plan, args.storage is not None)}`",
+            f"`{resume_command(plan)}`",
             file=sys.stderr,
             flush=True,
         )
-        return 130
+        return interrupts.exit_code
     return 0
 
 
@@ -388,7 +466,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--size",
         choices=SIZES,
-        default="full",
         help="smoke: tiny model, 64 px, 40 steps, minutes on a CPU (CI, a first look); cpu: the "
         "same model for 3,000 steps, learns silhouettes on 2 cores (tens of minutes per trial); "
         "full: the study as defined, GPU scale (default)",
@@ -399,7 +476,7 @@ def parser() -> argparse.ArgumentParser:
         "--address", help="join a running Ray cluster (HOST:PORT) instead of starting one"
     )
     p.add_argument(
-        "--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP ranks) per trial"
+        "--workers-per-trial", type=int, help="Ray Train workers (DDP ranks) per trial (default 1)"
     )
     p.add_argument(
         "--gpus-per-trial",
@@ -413,9 +490,14 @@ def parser() -> argparse.ArgumentParser:
         "not an error",
     )
     p.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Train worker"
+        "--cpus-per-worker", type=float, help="CPUs reserved per Train worker (default 1)"
     )
-    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        help="at most this many trials at once (default: as many as the cluster holds, printed "
+        "at start)",
+    )
     p.add_argument(
         "--seeds",
         type=parse_seeds,
@@ -431,8 +513,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-failures",
         type=int,
-        default=2,
-        help="worker crashes a trial survives (resumes from its checkpoint)",
+        help="worker crashes a trial survives, and restarts of a trial whose driver was lost "
+        "with its node (each resumes from its checkpoint; default 2)",
     )
     p.add_argument(
         "--set",
@@ -446,13 +528,23 @@ def parser() -> argparse.ArgumentParser:
         help="folder holding study folders (default ./studies); shared storage on clusters",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted study in its folder"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted study in its folder, with the plan it started with "
+        "(size, workers, GPUs, concurrency, address ... from study.json; a flag that contradicts "
+        "it is refused, --address may move)",
     )
     p.add_argument(
         "--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default offline)"
     )
     p.add_argument(
-        "--dashboard-host", default="127.0.0.1", help="interface the local dashboard listens on"
+        "--dashboard-host", help="interface the local dashboard listens on (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--driver-resource",
+        help="joined clusters: a Ray resource that only nodes which do not go away have; trial "
+        "drivers (and their Train controllers) run there (default: the head node, "
+        "node:__internal_head__)",
     )
     return p
 
@@ -474,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the trials started
         print(
             f"aborted; whatever Tune saved continues with `python -m study.run {args.name} "
-            "--resume` (with the --size / --storage the study was started with)",
+            "--resume` (add the --storage the study was started with; the rest of its plan "
+            "comes back from study.json)",
             file=sys.stderr,
         )
         return 130

@@ -111,8 +111,13 @@ def make_searcher(plan: StudyPlan):
     )
 
 
-def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict):
-    """A new Tuner writing to settings.tune_dir, or the earlier one restored from it."""
+def build_tuner(
+    plan: StudyPlan, settings: TrialSettings, restore: bool, resources: dict, concurrency: int
+):
+    """A new Tuner writing to settings.tune_dir, or the earlier one restored from it.
+
+    resources: one trial's own bundle; concurrency: trials at once (a restored Tuner keeps the
+    one it started with)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
@@ -154,7 +159,7 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, restore: bool, resourc
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=plan.num_samples,
-            max_concurrent_trials=plan.max_concurrent,
+            max_concurrent_trials=concurrency,
             # A trial that ended by itself leaves its actor to the next (a process start saved
             # per trial); never under ASHA, whose stopped trials must take their actor down
             # (study.scheduler.may_reuse_actors says why). Train workers are new either way.

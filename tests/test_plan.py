@@ -196,3 +196,91 @@ def test_sampler_seed_reaches_the_plan_and_the_record(tmp_path: Path) -> None:
     assert plan.sampler_seed == 7
     assert study_record(plan, {}, 0.0, plan.study_dir / "tune-x")["sampler_seed"] == 7
     assert plan_for("mouse_loss_sweep", "--smoke", storage=tmp_path).sampler_seed == 0
+
+
+def start_study_with(storage: Path, *argv: str) -> dict:
+    """Write the study.json a study started with `argv` would write; returns it."""
+    plan = plan_for("view_order_ablation", *argv, storage=storage)
+    record = study_record(plan, dict(plan.overrides), 2.0, plan.study_dir / "tune-0a1b2c3d")
+    record["plan"]["concurrency"] = 3
+    plan.study_dir.mkdir(parents=True)
+    (plan.study_dir / "study.json").write_text(json.dumps(record))
+    return record
+
+
+def test_resume_reloads_the_whole_plan_from_study_json(tmp_path: Path) -> None:
+    """Defect 1 of issue 23: --resume took workers, GPUs, concurrency and address from the new
+    command line, so a resumed DDP study on a cluster restarted locally with one worker."""
+    start_study_with(
+        tmp_path,
+        "--smoke",
+        "--workers-per-trial",
+        "2",
+        "--gpus-per-trial",
+        "2",
+        "--max-concurrent",
+        "3",
+        "--address",
+        "10.0.0.5:6379",
+        "--max-failures",
+        "4",
+        "--seeds",
+        "0,1",
+        "--set",
+        "training.optimizer.lr=0.001",
+    )
+    resumed = plan_for("view_order_ablation", "--resume", storage=tmp_path)
+    assert resumed.size == "smoke" and resumed.workers_per_trial == 2
+    assert resumed.gpus_per_trial == 2.0 and resumed.max_concurrent == 3
+    assert resumed.address == "10.0.0.5:6379" and resumed.max_failures == 4
+    assert resumed.seeds == (0, 1) and resumed.grid_seeds == (0, 1)
+    assert resumed.config.training.optimizer.lr == 0.001
+    # the same values again are fine
+    again = plan_for(
+        "view_order_ablation", "--resume", "--smoke", "--workers-per-trial", "2", storage=tmp_path
+    )
+    assert again.workers_per_trial == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--workers-per-trial", "1"], r"--workers-per-trial 1: .*--workers-per-trial 2"),
+        (["--size", "cpu"], r"--size cpu: .*--size smoke"),
+        (["--max-concurrent", "1"], r"--max-concurrent 1: .*--max-concurrent 3"),
+        (["--gpus-per-trial", "1"], r"--gpus-per-trial 1.0: .*--gpus-per-trial 2.0"),
+    ],
+)
+def test_resume_refuses_a_flag_that_contradicts_the_plan(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    start_study_with(
+        tmp_path,
+        "--smoke",
+        "--workers-per-trial",
+        "2",
+        "--gpus-per-trial",
+        "2",
+        "--max-concurrent",
+        "3",
+    )
+    with pytest.raises(StudyError, match=named):
+        plan_for("view_order_ablation", "--resume", *flags, storage=tmp_path)
+
+
+def test_resume_may_move_the_address_and_says_so(tmp_path: Path, capsys) -> None:
+    start_study_with(tmp_path, "--smoke", "--address", "10.0.0.5:6379")
+    moved = plan_for(
+        "view_order_ablation", "--resume", "--address", "10.0.0.9:6379", storage=tmp_path
+    )
+    assert moved.address == "10.0.0.9:6379"
+    assert "the study ran on 10.0.0.5:6379" in capsys.readouterr().err
+
+
+def test_resume_line_names_only_the_study_and_its_folder(tmp_path: Path) -> None:
+    from study.run import resume_command
+
+    plan = plan_for("view_order_ablation", "--smoke", "--workers-per-trial", "2", storage=tmp_path)
+    assert resume_command(plan) == (
+        f"python -m study.run view_order_ablation --resume --storage {tmp_path.resolve()}"
+    )

@@ -171,3 +171,27 @@ def test_autoscaling_cluster_gets_a_warning_instead_of_an_error():
     assert "GPU 2 > 0" in warning and "waits for nodes to join" in warning
     # ...and no warning when the trial fits
     assert check_trial_fits(request, {"CPU": 4.0, "GPU": 2.0}, autoscaling=True) is None
+
+
+def test_concurrency_is_what_the_cluster_holds_capped_by_the_user() -> None:
+    from study.resources import decide_concurrency, trials_that_fit
+
+    local = [{"CPU": 2.0, "trial_slot": 1024.0, "memory": 1e10}]
+    one_cpu = TrialRequest(trial={"trial_slot": 1.0, "CPU": 0.0}, worker={"CPU": 1.0}, workers=1)
+    assert trials_that_fit(one_cpu, local) == 2
+    assert decide_concurrency(None, one_cpu, local)[0] == 2
+    count, why = decide_concurrency(1, one_cpu, local)
+    assert count == 1 and "--max-concurrent 1 caps it" in why
+    # four 8-GPU nodes, two 1-GPU workers per trial, drivers on the head's resource
+    head = {"CPU": 64.0, "GPU": 8.0, "node:__internal_head__": 1.0}
+    nodes = [head] + [{"CPU": 64.0, "GPU": 8.0}] * 3
+    ddp = TrialRequest(
+        trial={"node:__internal_head__": 0.001, "CPU": 0.0},
+        worker={"CPU": 1.0, "GPU": 1.0},
+        workers=2,
+    )
+    assert trials_that_fit(ddp, nodes) == 16
+    # 3 CPUs per worker on 8-CPU nodes: 2 bundles per node (a bundle never spans nodes)
+    assert trials_that_fit(TrialRequest({}, {"CPU": 3.0}, 1), [{"CPU": 8.0}] * 2) == 4
+    # nothing fits yet (autoscaling): one trial, which waits for nodes
+    assert decide_concurrency(None, ddp, [{"CPU": 4.0}])[0] == 1

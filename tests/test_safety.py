@@ -31,14 +31,13 @@ PRODUCT_PACKAGES = ("study", "trainables", "search_spaces", "analysis")
 
 
 def test_dashboard_host_defaults_to_loopback() -> None:
+    from study.plan import make_plan
     from study.run import parser
 
     args = parser().parse_args(["mouse_loss_sweep"])
-    assert args.dashboard_host == "127.0.0.1"
-    assert (
-        parser().parse_args(["mouse_loss_sweep", "--smoke", "--resume"]).dashboard_host
-        == "127.0.0.1"
-    )
+    assert make_plan(args).dashboard_host == "127.0.0.1"
+    args = parser().parse_args(["mouse_loss_sweep", "--smoke", "--dashboard-host", "0.0.0.0"])
+    assert make_plan(args).dashboard_host == "0.0.0.0"
 
 
 def fake_ray(calls: list[dict[str, Any]], url: str) -> types.ModuleType:
@@ -69,7 +68,7 @@ def test_start_ray_joining_a_cluster_does_not_open_a_dashboard(
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setitem(sys.modules, "ray", fake_ray(calls, "http://10.0.0.5:8265"))
-    assert start_ray("10.0.0.5:6379", 2, {"A": "1"}, "127.0.0.1") == "http://10.0.0.5:8265"
+    assert start_ray("10.0.0.5:6379", {"A": "1"}, "127.0.0.1") == "http://10.0.0.5:8265"
     (kwargs,) = calls
     assert kwargs["address"] == "10.0.0.5:6379"
     assert "dashboard_host" not in kwargs and "include_dashboard" not in kwargs
@@ -110,7 +109,7 @@ def test_a_cluster_that_refuses_us_is_one_clear_error(
     with pytest.raises(
         StudyError, match=r"--address 10.0.0.5:6379: could not join .*at 10.0.0.5:6379.*auth_token"
     ):
-        start_ray("10.0.0.5:6379", 1, {}, "127.0.0.1")
+        start_ray("10.0.0.5:6379", {}, "127.0.0.1")
 
 
 # ---------------------------------------------------------------------------------------
