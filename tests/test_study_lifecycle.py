@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import os
 import signal
 import subprocess
 import sys
@@ -255,7 +256,7 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     assert driver.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert (
         "interrupted: 1 of 2 trials finished; continue with "
-        f"`python -m study.run mouse_loss_sweep --resume --smoke --storage {storage}`" in stderr
+        f"`python -m study.run mouse_loss_sweep --resume --storage {storage}`" in stderr
     ), stderr[-3000:]
     assert "Tuner.restore" not in stdout + stderr
     report = (study_dir / "report" / "report.md").read_text()
@@ -310,14 +311,22 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
     assert out.returncode == 2 and f"was created as {study_dir.resolve()}" in out.stderr, out.stderr
     assert sha256(study_dir / "optuna.db") == database
 
-    # the original resumes to the end: exit 0, no longer partial
+    # the original resumes to the end with the printed command alone (its plan: size, samples,
+    # concurrency, --set values, from study.json): exit 0, no longer partial
+    resume = [sys.executable, "-m", "study.run", "mouse_loss_sweep", "--resume"]
     final = subprocess.run(
-        base + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        [*resume, "--storage", str(storage)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert final.returncode == 0, final.stderr[-3000:]
     assert "Partial report" not in (study_dir / "report" / "report.md").read_text()
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert len(trials) == 2 and trials["code_version"].notna().all()
+    assert (trials["training.schedule.max_steps"] == 20).all()  # the stored --set, not smoke's 40
 
 
 def tensorboard_steps(events_file: Path, tag_part: str) -> list[int]:
@@ -390,3 +399,28 @@ def test_killed_trials_wandb_run_is_rebuilt_finished_from_its_run_folder(tmp_pat
     assert wb.tags == ["lr=0.0004"] and wb.history_steps == [10, 20]
     assert wb.summary["val/psnr_fg"] == {"max": 12.0}
     assert (run_dir / LOOP_ENDED_FILE).exists() and not rebuild_wandb_run(run_dir)
+
+
+@pytest.mark.parametrize(("first", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_first_signal_stops_gracefully_and_a_second_aborts_at_once(monkeypatch, first, code):
+    """SIGTERM (what Slurm and Kubernetes send) does what Ctrl-C does: Tune's stop signal
+    (SIGUSR1) and the signal's exit code. A second signal aborts on the spot, printing the
+    resume line, whatever Tune is doing (a KeyboardInterrupt used to wait for the main thread)."""
+    import study.run as run_module
+
+    stops, aborts = [], []
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda *_: stops.append(True))
+    monkeypatch.setattr(run_module, "abort_now", lambda exit_code: aborts.append(exit_code))
+    try:
+        with run_module.graceful_interrupt("python -m study.run s --resume") as interrupts:
+            os.kill(os.getpid(), first)
+            time.sleep(0.05)
+            assert stops == [True] and not aborts
+            assert interrupts.exit_code == code
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert aborts == [code]
+    finally:
+        signal.signal(signal.SIGUSR1, previous_usr1)
+    # the handlers the process had before are back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
