@@ -12,6 +12,12 @@ equal (the seed included). Keys that are constant among the analysed trials are 
 searched keys); a missing value in a varying key only matches another missing value.
 Several trials of one level in the same group (e.g. background weights 0.1 and 0.5) are
 averaged, so each group gives one difference.
+
+Seeds are the unit (analysis/verdicts.py): the pair groups of one seed (the other factors'
+levels, in a crossed grid) are averaged into one difference per seed before the t interval,
+so 3 seeds give df 2 however many pairs each holds; counting the pairs as independent (df 5
+from 3 seeds) covered 0.83 when the pairs of a seed correlate at 0.8 (issue 22). Groups whose
+trials carry no seed are each their own unit.
 """
 
 from __future__ import annotations
@@ -35,15 +41,22 @@ class MetricComparison:
     metric: str
     baseline: Estimate
     treatment: Estimate
-    paired: Estimate  # n == number of pairs (0 when none)
+    paired: Estimate  # over per-seed mean differences: n == seeds with a pair (0 when none)
     welch: Estimate
     pair_seeds: int | None = None  # distinct seeds among the pairs (None: trials carry no seed)
+    n_pairs: int = 0  # pair groups, averaged within their seed
 
     def difference(self) -> Estimate | None:
-        """The interval the sentence uses: paired when >= 2 pairs, else Welch, else none."""
+        """The interval the sentence uses: paired when >= 2 seeds have pairs, else Welch when
+        nothing pairs up, else none (pairs from one seed hold no seed-to-seed spread, and a
+        Welch interval over them would count one seed's trials as replicates)."""
         if self.paired.n >= MIN_PER_LEVEL:
             return self.paired
-        if self.baseline.n >= MIN_PER_LEVEL and self.treatment.n >= MIN_PER_LEVEL:
+        if (
+            self.n_pairs == 0
+            and self.baseline.n >= MIN_PER_LEVEL
+            and self.treatment.n >= MIN_PER_LEVEL
+        ):
             return self.welch
         return None
 
@@ -129,6 +142,22 @@ def pairing_groups(trials: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
     return trials[list(keys)].astype(object).apply(label, axis=1)
 
 
+def per_seed_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> pd.Series:
+    """One difference per seed: the mean of its pair groups' differences (a group whose trials
+    carry no seed stands alone), indexed by seed, in seed order."""
+    differences, paired_trials = _pairs(trials, factor, metric)
+    if differences.empty:
+        return differences
+    groups = pairing_groups(paired_trials, pair_key_columns(trials, factor))
+    seeds = paired_trials["seed"] if "seed" in paired_trials.columns else None
+    unit = {
+        group: (f"group:{group}" if seeds is None or pd.isna(seed) else seed)
+        for group, seed in zip(groups, seeds if seeds is not None else groups, strict=True)
+    }
+    keyed = pd.Series(differences.to_numpy(dtype=float), index=[unit[g] for g in differences.index])
+    return keyed.groupby(level=0, sort=True).mean()
+
+
 def _pairs(trials: pd.DataFrame, factor: Factor, metric: str) -> tuple[pd.Series, pd.DataFrame]:
     """(difference per matched group, the trials that entered some group with both levels)."""
     frame = pd.DataFrame(
@@ -158,13 +187,15 @@ def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricC
     treatment = values[levels == factor.treatment.name].to_numpy(dtype=float)
     differences, paired_trials = _pairs(trials, factor, metric)
     seeds = paired_trials["seed"].nunique() if "seed" in paired_trials.columns else None
+    by_seed = per_seed_differences(trials, factor, metric)
     return MetricComparison(
         metric=metric,
         baseline=mean_ci(baseline),
         treatment=mean_ci(treatment),
-        paired=paired_difference(differences.to_numpy(dtype=float)),
+        paired=paired_difference(by_seed.to_numpy(dtype=float)),
         welch=welch_difference(baseline, treatment),
         pair_seeds=seeds,
+        n_pairs=len(differences),
     )
 
 
@@ -177,14 +208,15 @@ def _amount(metric: str, value: float) -> str:
     return " ".join(part for part in (_fmt(metric, value), info.unit, info.label) if part)
 
 
-def _support(estimate: Estimate, pair_seeds: int | None) -> str:
+def _support(estimate: Estimate, n_pairs: int) -> str:
     """How many runs back the interval: "3 seeds (paired)" when each seed gives one pair, else
-    "6 pairs over 3 seeds" (the other factors' levels pair up within a seed too)."""
+    "2 seeds (paired; 4 pairs averaged per seed)": the other factors' levels pair up within a
+    seed too, and the seed, not the pair, is the unit."""
     if estimate.kind == "paired":
-        if pair_seeds == estimate.n:
-            return f"{estimate.n} seeds (paired)"
-        over = f" over {pair_seeds} seed{'s' if pair_seeds != 1 else ''}" if pair_seeds else ""
-        return f"{estimate.n} pairs{over} (paired)"
+        seeds = f"{estimate.n} seed{'s' if estimate.n != 1 else ''}"
+        if n_pairs == estimate.n:
+            return f"{seeds} (paired)"
+        return f"{seeds} (paired; {n_pairs} pairs averaged per seed)"
     return f"{estimate.n} vs {estimate.n_other} trials (unpaired, Welch)"
 
 
@@ -194,7 +226,8 @@ def _not_enough(factor: Factor, comparison: MetricComparison) -> str:
     return (
         f"Not enough data to compare {base} and {treat} on {label}: "
         f"{comparison.baseline.n} trial(s) at {base}, {comparison.treatment.n} at {treat}, "
-        f"{comparison.paired.n} seed pair(s); at least {MIN_PER_LEVEL} per level are needed."
+        f"{comparison.paired.n} seed(s) with pairs; at least {MIN_PER_LEVEL} per level, or "
+        f"{MIN_PER_LEVEL} paired seeds, are needed."
     )
 
 
@@ -216,7 +249,7 @@ def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
     if winner is not None:
         return (
             f"{winner.phrase} beats {loser.name} by {_amount(metric, by)}, "
-            f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference, comparison.pair_seeds)}."
+            f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference, comparison.n_pairs)}."
         )
     info = metric_info(metric)
     unit = f" {info.unit}" if info.unit else ""
@@ -225,7 +258,7 @@ def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
         f"No difference beyond noise in {info.label} between {base} and {treat} "
         f"(difference {treat} − {base} {_fmt(metric, difference.mean)}{unit}, "
         f"95% CI [{_fmt(metric, difference.ci_low)}, {_fmt(metric, difference.ci_high)}], "
-        f"{_support(difference, comparison.pair_seeds)})."
+        f"{_support(difference, comparison.n_pairs)})."
     )
 
 
