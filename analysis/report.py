@@ -233,6 +233,7 @@ def build_report(
         analysis_set(trials, study.objective),
         [c.factor for c in comparisons],
         margins,
+        paired.read_study_record(study.path),
     )
     if evaluation.refusal:
         print(f"[report] item-level comparison refused: {evaluation.refusal}", file=sys.stderr)
@@ -277,7 +278,8 @@ def publish(built: Path, names: Sequence[str], report_dir: Path) -> None:
 def write_report(study_dir: Path | str, margins: dict[str, float] | None = None) -> Path:
     """Build the report of a study folder atomically; returns the path of report.md.
 
-    margins: equivalence margins per item metric (analysis.paired.DEFAULT_MARGINS otherwise).
+    margins: equivalence margins per item metric, over study.json's `margins`, over
+    analysis.verdicts.DEFAULT_MARGINS.
     Raises NotAStudyError (naming the folder) when study_dir is not a study folder.
     """
     study = read_study_info(Path(study_dir))
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="METRIC=VALUE",
-        help="equivalence margin of an item metric, e.g. psnr_fg=0.3 (defaults: "
+        help="equivalence margin of an item metric, e.g. psnr_fg=0.3 (over study.json's "
+        "`margins`; defaults: "
         + ", ".join(f"{k} {v}" for k, v in paired.DEFAULT_MARGINS.items())
         + ")",
     )

@@ -101,6 +101,7 @@ def study_section(study_dir: Path, pictures_root: Path, margins: dict[str, float
         analysis_set(trials, study.objective),
         [c.factor for c in comparisons],
         margins,
+        paired.read_study_record(study.path),
     )
     dest = pictures_root / study.name
     dest.mkdir(parents=True, exist_ok=True)

@@ -285,6 +285,51 @@ def seeds_for_equivalence(
     return _smallest_n(lambda n: equivalence_power(n, sd, margin, alpha), power)
 
 
+# Planning uses the one-sided 80% upper confidence limit of the seed spread (Browne 1995: a
+# pilot's sd taken at face value gives the planned power only about half the time; its 80%
+# upper limit gives at least the planned power with about 80% probability). Three seeds pin
+# the sd only within a factor of ~6, so the point estimate alone would plan far too few.
+PLAN_CONFIDENCE = 0.8
+
+
+def sd_upper(sd: float, n_seeds: int, confidence: float = PLAN_CONFIDENCE) -> float:
+    """One-sided upper confidence limit of a normal sd estimated from n_seeds values:
+    sd sqrt((n − 1) / chi2_(1 − confidence, n − 1)); NaN below MIN_SEEDS."""
+    if n_seeds < MIN_SEEDS or not math.isfinite(sd):
+        return math.nan
+    df = n_seeds - 1
+    return sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Seeds for 80% power at the point estimate of the seed spread and at its upper limit."""
+
+    margin: float
+    n_seeds: int  # seeds the spread was estimated from
+    sd: float
+    sd_upper: float
+    detect: int  # seeds to detect a difference of the margin (two-sided t test)
+    detect_upper: int
+    equivalent: int  # seeds for TOST within ±margin at a true difference of 0
+    equivalent_upper: int
+
+
+def plan(sd: float, n_seeds: int, margin: float, alpha: float = ALPHA) -> Plan:
+    """Seeds a margin needs, from the sd of n_seeds per-seed mean differences."""
+    upper = sd_upper(sd, n_seeds)
+    return Plan(
+        margin=margin,
+        n_seeds=n_seeds,
+        sd=sd,
+        sd_upper=upper,
+        detect=seeds_for_detection(sd, margin, alpha),
+        detect_upper=seeds_for_detection(upper, margin, alpha),
+        equivalent=seeds_for_equivalence(sd, margin, alpha),
+        equivalent_upper=seeds_for_equivalence(upper, margin, alpha),
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # undefined values
 

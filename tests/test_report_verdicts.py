@@ -1,0 +1,42 @@
+"""The report's verdicts come from analysis.verdicts: one confirmatory question per factor,
+everything else labelled exploratory, seeds won instead of P(better), the study's margins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from analysis.report import write_report
+from tests.test_analysis import item_study
+
+
+def item_section(text: str) -> str:
+    return text.split("#### Item level", 1)[1].split("\n## ", 1)[0]
+
+
+def test_confirmatory_row_first_every_other_row_exploratory(tmp_path: Path) -> None:
+    text = write_report(item_study(tmp_path)).read_text()
+    section = item_section(text)
+    assert "P(" not in text and "bootstrap" not in text
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    verdict_rows = [r for r in rows if r.startswith(("| exploratory", "| **confirmatory"))]
+    assert verdict_rows[0].startswith("| **confirmatory** | all | `psnr_fg` |")
+    assert sum("**confirmatory**" in r for r in verdict_rows) == 1
+    assert len(verdict_rows) == 18  # 6 metrics x 3 view roles
+    assert "| 3 of 3 |" in verdict_rows[0]  # seeds won, not a probability
+    assert "Per rig camera, exploratory (uncorrected" in section
+    assert "Confirmatory question: `psnr_fg` on all target views" in text
+    assert "Seeds for 80% power" in section
+
+
+def test_study_json_margins_and_primary_question_are_used(tmp_path: Path) -> None:
+    study_dir = item_study(tmp_path)
+    record = json.loads((study_dir / "study.json").read_text())
+    record.update(margins={"psnr_fg": 5.0, "bogus": 1}, primary_role="novel")
+    (study_dir / "study.json").write_text(json.dumps(record))
+    text = write_report(study_dir).read_text()
+    assert "`psnr_fg` ±5," in text and "(from study.json;" in text
+    assert "Confirmatory question: `psnr_fg` on novel target views" in text
+    # a 1 dB gain is inside ±5 dB: equivalent, and the sentence is about the novel views
+    assert "are equivalent on foreground PSNR within ±5.00 dB" in item_section(text)
+    assert "| **confirmatory** | novel | `psnr_fg` |" in item_section(text)
