@@ -22,16 +22,18 @@ trials carry no seed are each their own unit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from analysis.factors import FACTORS, Factor, Level
-from analysis.metrics import COMPARISON_METRICS, metric_info
+from analysis.metrics import COMPARISON_METRICS, higher_is_better, metric_info
 from analysis.stats import Estimate, mean_ci, paired_difference, welch_difference
 from analysis.tables import config_columns, final_column
+from analysis.verdicts import DEFAULT_MARGINS, Verdict, holm_adjusted, paired_verdict
 
 MIN_PER_LEVEL = 2
 
@@ -45,6 +47,8 @@ class MetricComparison:
     welch: Estimate
     pair_seeds: int | None = None  # distinct seeds among the pairs (None: trials carry no seed)
     n_pairs: int = 0  # pair groups, averaged within their seed
+    # analysis.verdicts over the per-seed differences, for metrics with a margin (None else)
+    verdict: Verdict | None = None
 
     def difference(self) -> Estimate | None:
         """The interval the sentence uses: paired when >= 2 seeds have pairs, else Welch when
@@ -180,7 +184,12 @@ def paired_differences(trials: pd.DataFrame, factor: Factor, metric: str) -> np.
     return _pairs(trials, factor, metric)[0].to_numpy(dtype=float)
 
 
-def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricComparison:
+def compare_metric(
+    trials: pd.DataFrame,
+    factor: Factor,
+    metric: str,
+    margins: Mapping[str, float] | None = None,
+) -> MetricComparison:
     levels = level_labels(trials, factor)
     values = trials[final_column(metric)].astype(float)
     baseline = values[levels == factor.baseline.name].to_numpy(dtype=float)
@@ -188,6 +197,11 @@ def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricC
     differences, paired_trials = _pairs(trials, factor, metric)
     seeds = paired_trials["seed"].nunique() if "seed" in paired_trials.columns else None
     by_seed = per_seed_differences(trials, factor, metric)
+    margin = seed_margin(metric, margins)
+    found = None
+    if margin is not None and len(by_seed):
+        tidy = pd.DataFrame({"seed": by_seed.index, "item_id": "final", "d": by_seed.to_numpy()})
+        found = paired_verdict(tidy, "d", margin)
     return MetricComparison(
         metric=metric,
         baseline=mean_ci(baseline),
@@ -196,7 +210,16 @@ def compare_metric(trials: pd.DataFrame, factor: Factor, metric: str) -> MetricC
         welch=welch_difference(baseline, treatment),
         pair_seeds=seeds,
         n_pairs=len(differences),
+        verdict=found,
     )
+
+
+def seed_margin(metric: str, margins: Mapping[str, float] | None = None) -> float | None:
+    """The equivalence margin of a validation metric (`val/psnr_fg` -> the `psnr_fg` margin),
+    None for metrics without one (losses, whole-image SSIM): those get no verdict."""
+    if not metric.startswith("val/") or not higher_is_better(metric):
+        return None
+    return {**DEFAULT_MARGINS, **(margins or {})}.get(metric.removeprefix("val/"))
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -231,11 +254,51 @@ def _not_enough(factor: Factor, comparison: MetricComparison) -> str:
     )
 
 
-def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
-    """One plain sentence: who beats whom on the metric, by how much, or that it is noise."""
+def _verdict_sentence(factor: Factor, comparison: MetricComparison, family: int) -> str | None:
+    """The sentence of a paired comparison with a verdict (None: use the interval's sign)."""
+    v, difference = comparison.verdict, comparison.difference()
+    if v is None or difference is not comparison.paired or v.verdict == "too few seeds":
+        return None
+    metric = comparison.metric
+    support = _support(difference, comparison.n_pairs)
+    holm = f", Holm p {v.p_decision:.3g} across {family} factors" if family > 1 else ""
+    if v.verdict in ("better", "worse"):
+        winner, loser = (
+            (factor.treatment, factor.baseline)
+            if v.verdict == "better"
+            else (factor.baseline, factor.treatment)
+        )
+        by = abs(v.estimate)
+        low, high = (v.ci_low, v.ci_high) if v.verdict == "better" else (-v.ci_high, -v.ci_low)
+        return (
+            f"{winner.phrase} beats {loser.name} by {_amount(metric, by)}, "
+            f"95% CI [{_fmt(metric, low)}, {_fmt(metric, high)}], {support}{holm}."
+        )
+    info = metric_info(metric)
+    unit = f" {info.unit}" if info.unit else ""
+    base, treat = factor.baseline.name, factor.treatment.name
+    if v.verdict == "equivalent":
+        return (
+            f"{base} and {treat} are equivalent in {info.label} within "
+            f"±{_fmt(metric, v.margin)}{unit} (difference {treat} − {base} "
+            f"{_fmt(metric, v.estimate)}{unit}, 90% CI [{_fmt(metric, v.eq_low)}, "
+            f"{_fmt(metric, v.eq_high)}] inside the margin, {support})."
+        )
+    return None
+
+
+def sentence(factor: Factor, comparison: MetricComparison, mode: str, family: int = 1) -> str:
+    """One plain sentence: who beats whom on the metric, by how much, that the two are
+    equivalent within the metric's margin, or that the difference is noise. With a verdict
+    (analysis.verdicts) its word decides; `family` factors share its Holm correction."""
     difference = comparison.difference()
     if difference is None:
         return _not_enough(factor, comparison)
+    decided = _verdict_sentence(factor, comparison, family)
+    if decided is not None:
+        return decided
+    if comparison.verdict is not None and difference is comparison.paired:
+        return _no_difference(factor, comparison, difference)
     metric = comparison.metric
     # Improvement of treatment over baseline, positive when treatment is better.
     sign = 1.0 if mode == "max" else -1.0
@@ -251,6 +314,11 @@ def sentence(factor: Factor, comparison: MetricComparison, mode: str) -> str:
             f"{winner.phrase} beats {loser.name} by {_amount(metric, by)}, "
             f"95% CI [{_fmt(metric, ci[0])}, {_fmt(metric, ci[1])}], {_support(difference, comparison.n_pairs)}."
         )
+    return _no_difference(factor, comparison, difference)
+
+
+def _no_difference(factor: Factor, comparison: MetricComparison, difference: Estimate) -> str:
+    metric = comparison.metric
     info = metric_info(metric)
     unit = f" {info.unit}" if info.unit else ""
     base, treat = factor.baseline.name, factor.treatment.name
@@ -270,12 +338,18 @@ def comparison_metrics(objective: str) -> tuple[str, ...]:
 
 
 def compare_factor(
-    trials: pd.DataFrame, factor: Factor, objective: str, mode: str
+    trials: pd.DataFrame,
+    factor: Factor,
+    objective: str,
+    mode: str,
+    margins: Mapping[str, float] | None = None,
 ) -> FactorComparison:
-    """Full comparison of one factor on the analysis set of ``trials``."""
+    """Full comparison of one factor on the analysis set of ``trials`` (a family of one)."""
     analysed = analysis_set(trials, objective)
     analysed = analysed[level_labels(analysed, factor).notna().to_numpy(dtype=bool)]
-    metrics = tuple(compare_metric(analysed, factor, m) for m in comparison_metrics(objective))
+    metrics = tuple(
+        compare_metric(analysed, factor, m, margins) for m in comparison_metrics(objective)
+    )
     by_metric = {m.metric: m for m in metrics}
     return FactorComparison(
         factor=factor,
@@ -285,5 +359,22 @@ def compare_factor(
     )
 
 
-def compare_all(trials: pd.DataFrame, objective: str, mode: str) -> list[FactorComparison]:
-    return [compare_factor(trials, f, objective, mode) for f in reported_factors(trials, objective)]
+def compare_all(
+    trials: pd.DataFrame, objective: str, mode: str, margins: Mapping[str, float] | None = None
+) -> list[FactorComparison]:
+    """Every reported factor; the objective's verdicts are Holm-corrected across the factors
+    (the seed-level family; the item-level confirmatory family is analysis.paired's)."""
+    raw = [
+        compare_factor(trials, f, objective, mode, margins)
+        for f in reported_factors(trials, objective)
+    ]
+    found = [next(m for m in c.metrics if m.metric == objective) for c in raw]
+    with_verdict = [i for i, m in enumerate(found) if m.verdict is not None]
+    adjusted = holm_adjusted([found[i].verdict for i in with_verdict])  # type: ignore[misc]
+    out = list(raw)
+    for i, verdict in zip(with_verdict, adjusted, strict=True):
+        metric = dataclasses.replace(found[i], verdict=verdict)
+        metrics = tuple(metric if m.metric == objective else m for m in raw[i].metrics)
+        text = sentence(raw[i].factor, metric, mode, family=len(with_verdict))
+        out[i] = dataclasses.replace(raw[i], metrics=metrics, sentence=text)
+    return out

@@ -176,9 +176,23 @@ def _difference_rows(comparison: FactorComparison) -> list[list[str]]:
                 else f"{paired.n} ({metric.n_pairs})",
                 _number(metric.metric, welch.mean),
                 _interval(metric.metric, welch),
+                *_seed_verdict_cells(metric.metric, metric.verdict),
             ]
         )
     return rows
+
+
+def _seed_verdict_cells(metric: str, verdict: Verdict | None) -> list[str]:
+    """seeds won, p (Holm-adjusted for the objective when several factors share it), margin,
+    verdict; dashes for metrics without a margin (no verdict is defined for them)."""
+    if verdict is None:
+        return [EMPTY_CELL] * 4
+    return [
+        f"{verdict.seeds_won} of {verdict.n_seeds}",
+        cell(verdict.p_decision, 3),
+        f"±{_number(metric, verdict.margin)}",
+        verdict.verdict,
+    ]
 
 
 def _item_interval(metric: str, low: float, high: float) -> str:
@@ -374,6 +388,10 @@ def factor_section(
         "seeds (pairs)",
         f"unpaired {treat} − {base}",
         "95% CI (Welch)",
+        f"seeds {treat} better",
+        "p (Holm for the objective)",
+        "margin",
+        "verdict (paired)",
     ]
     return "\n\n".join(
         [

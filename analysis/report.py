@@ -226,14 +226,17 @@ def build_report(
     write_parquet(trials, out_dir / TRIALS_PARQUET, TRIALS_DESCRIPTION)
     write_parquet(curves, out_dir / CURVES_PARQUET, CURVES_DESCRIPTION)
     items.to_parquet(out_dir / ITEMS_PARQUET, index=False)
-    comparisons = compare_all(trials, study.objective, study.mode)
+    study_record = paired.read_study_record(study.path)
+    _, study_margins = paired.study_question(study_record)
+    seed_margins = {**study_margins, **(margins or {})}
+    comparisons = compare_all(trials, study.objective, study.mode, seed_margins)
     evaluation = paired.evaluate_study(
         items,
         protocols,
         analysis_set(trials, study.objective),
         [c.factor for c in comparisons],
         margins,
-        paired.read_study_record(study.path),
+        study_record,
     )
     if evaluation.refusal:
         print(f"[report] item-level comparison refused: {evaluation.refusal}", file=sys.stderr)

@@ -648,7 +648,9 @@ def test_pairs_within_a_seed_are_averaged_per_seed(tmp_path: Path) -> None:
     objective = next(m for m in dataset.metrics if m.metric == "val/psnr_fg")
     assert (objective.paired.n, objective.pair_seeds, objective.n_pairs) == (2, 2, 4)
     assert (
-        dataset.sentence.endswith("2 seeds (paired; 4 pairs averaged per seed).")
+        dataset.sentence.endswith(
+            "2 seeds (paired; 4 pairs averaged per seed), Holm p 0 across 2 factors."
+        )
         and "2.00 dB" in dataset.sentence
     )
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from analysis.compare import compare_factor
+from analysis.factors import DATASET_TYPE
 from analysis.report import write_report
-from tests.test_analysis import item_study
+from tests.test_analysis import add_pairs, item_study, load_tables, write_study
 
 
 def item_section(text: str) -> str:
@@ -40,3 +42,19 @@ def test_study_json_margins_and_primary_question_are_used(tmp_path: Path) -> Non
     # a 1 dB gain is inside ±5 dB: equivalent, and the sentence is about the novel views
     assert "are equivalent on foreground PSNR within ±5.00 dB" in item_section(text)
     assert "| **confirmatory** | novel | `psnr_fg` |" in item_section(text)
+
+
+def test_seed_level_sentence_says_equivalent_within_the_margin(tmp_path: Path) -> None:
+    study_dir = write_study(tmp_path)
+    add_pairs(study_dir, (20.0, 21.0, 22.5), (20.1, 21.05, 22.55))  # diffs 0.1, 0.05, 0.05
+    trials, _ = load_tables(study_dir)
+    comparison = compare_factor(trials, DATASET_TYPE, "val/psnr_fg", "max")
+    assert comparison.sentence.startswith(
+        "random and mouse are equivalent in foreground PSNR within ±0.50 dB (difference "
+        "mouse − random 0.07 dB, 90% CI ["
+    )
+    fg = next(m for m in comparison.metrics if m.metric == "val/psnr_fg")
+    assert fg.verdict is not None and fg.verdict.seeds_won == 3
+    # the study's own margin, narrower than the spread allows: no longer equivalent
+    strict = compare_factor(trials, DATASET_TYPE, "val/psnr_fg", "max", {"psnr_fg": 0.05})
+    assert strict.sentence.startswith("No difference beyond noise in foreground PSNR")
