@@ -6,10 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from analysis.compare import compare_factor
 from analysis.factors import DATASET_TYPE
 from analysis.report import write_report
-from tests.test_analysis import add_pairs, item_study, load_tables, write_study
+from tests.test_analysis import (
+    MOUSE_FG,
+    N_ITEMS,
+    RANDOM_FG,
+    add_pairs,
+    item_study,
+    load_tables,
+    write_eval,
+    write_study,
+)
 
 
 def item_section(text: str) -> str:
@@ -58,3 +69,22 @@ def test_seed_level_sentence_says_equivalent_within_the_margin(tmp_path: Path) -
     # the study's own margin, narrower than the spread allows: no longer equivalent
     strict = compare_factor(trials, DATASET_TYPE, "val/psnr_fg", "max", {"psnr_fg": 0.05})
     assert strict.sentence.startswith("No difference beyond noise in foreground PSNR")
+
+
+def test_the_page_says_why_validation_and_test_disagree(tmp_path: Path) -> None:
+    """Validation: mouse better by 2 dB in every seed. Test items: per-seed shifts +0.6,
+    -0.5, +0.1 dB, an inconclusive verdict: the page must say the two differ and why."""
+    study_dir = write_study(tmp_path)
+    add_pairs(study_dir, RANDOM_FG, MOUSE_FG)
+    rng = np.random.default_rng(0)
+    for seed, shift in zip((1, 2, 3), (0.6, -0.5, 0.1), strict=True):
+        base = 20 + rng.normal(0, 1.0, (N_ITEMS, 6))
+        write_eval(study_dir, f"r{seed:04d}_00000", base)
+        write_eval(study_dir, f"m{seed:04d}_00000", base + shift)
+    text = write_report(study_dir).read_text()
+    assert "Fixed rig order (mouse) beats random by 2.00 dB foreground PSNR" in text
+    assert "Item level: inconclusive on foreground PSNR" in text
+    assert (
+        "*Validation and test disagree on `psnr_fg` here (validation: mouse better; test: "
+        "inconclusive).*" in text
+    )
