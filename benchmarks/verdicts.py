@@ -53,7 +53,7 @@ def calibration_table(reps: int) -> str:
     rng = np.random.default_rng(22)
     lines = [
         "| design | seed sd / item sd (dB) | seeds | coverage | false better | false worse "
-        "| TOST size | P(better) at +1 dB |",
+        "| TOST size | power at +1 dB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for design, (seed_sd, item_sd), seeds in itertools.product(
