@@ -19,6 +19,7 @@ from analysis.metrics import metric_info
 from analysis.stats import Estimate
 from analysis.tables import best_column, config_columns, final_column
 from analysis.tuning import ComputeSummary
+from analysis.verdicts import Verdict, plan
 
 TOP_TRIALS = 5
 STATUS_ORDER = ("finished", "stopped_early", "diverged", "errored")
@@ -170,39 +171,74 @@ def _difference_rows(comparison: FactorComparison) -> list[list[str]]:
                 f"`{metric.metric}`",
                 _number(metric.metric, paired.mean) if paired.n else EMPTY_CELL,
                 _interval(metric.metric, paired),
-                str(paired.n),
+                str(paired.n)
+                if metric.n_pairs in (0, paired.n)
+                else f"{paired.n} ({metric.n_pairs})",
                 _number(metric.metric, welch.mean),
                 _interval(metric.metric, welch),
+                *_seed_verdict_cells(metric.metric, metric.verdict),
             ]
         )
     return rows
 
 
+def _seed_verdict_cells(metric: str, verdict: Verdict | None) -> list[str]:
+    """seeds won, p (Holm-adjusted for the objective when several factors share it), margin,
+    verdict; dashes for metrics without a margin (no verdict is defined for them)."""
+    if verdict is None:
+        return [EMPTY_CELL] * 4
+    return [
+        f"{verdict.seeds_won} of {verdict.n_seeds}",
+        cell(verdict.p_decision, 3),
+        f"±{_number(metric, verdict.margin)}",
+        verdict.verdict,
+    ]
+
+
+def _item_interval(metric: str, low: float, high: float) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return EMPTY_CELL
+    return f"[{_item_number(metric, low)}, {_item_number(metric, high)}]"
+
+
+def _seeds_needed(c: paired.ItemComparison) -> str:
+    r = c.result
+    if r.n_seeds < 2:
+        return ">= 2"
+    p = plan(r.sd_seeds, r.n_seeds, c.margin, r.alpha)
+    return f"{p.detect}-{p.detect_upper} / {p.equivalent}-{p.equivalent_upper}"
+
+
 def _verdict_rows(items: paired.FactorItemComparison) -> list[list[str]]:
+    """Confirmatory row first, then every other metric x role (exploratory)."""
+    ordered = sorted(items.comparisons, key=lambda c: not c.confirmatory)
     rows = []
-    for role in paired.ROLES:
-        for metric in paired.COMPARED_METRICS:
-            c = items.get(metric, role)
-            r = c.result
-            interval = (
-                f"[{_item_number(metric, r.ci_low)}, {_item_number(metric, r.ci_high)}]"
-                if r.has_ci
-                else EMPTY_CELL
-            )
-            rows.append(
-                [
-                    role,
-                    f"`{metric}`",
-                    _item_number(metric, r.mean),
-                    interval,
-                    cell(r.p_positive, 2),
-                    cell(c.p_holm, 3),
-                    f"±{_item_number(metric, c.margin)}",
-                    c.verdict,
-                    f"{r.n_seeds} x {r.n_items} ({r.n_rows})",
-                ]
-            )
+    for c in ordered:
+        r, metric = c.result, c.metric
+        p_value = c.p_holm if c.confirmatory else r.p_value
+        rows.append(
+            [
+                "**confirmatory**" if c.confirmatory else "exploratory",
+                c.role,
+                f"`{metric}`",
+                _item_number(metric, r.estimate),
+                _item_interval(metric, r.ci_low, r.ci_high),
+                f"{r.seeds_won} of {r.n_seeds}",
+                cell(p_value, 3),
+                f"±{_item_number(metric, c.margin)}",
+                f"**{r.verdict}**" if c.confirmatory else r.verdict,
+                f"{r.n_seeds} x {r.n_items} ({r.n_rows})",
+                _undefined_cell(r),
+                _seeds_needed(c),
+            ]
+        )
     return rows
+
+
+def _undefined_cell(r: Verdict) -> str:
+    if not (r.undefined_treatment or r.undefined_baseline):
+        return "0"
+    return f"{r.undefined_treatment} / {r.undefined_baseline}"
 
 
 def _item_number(metric: str, value: float) -> str:
@@ -211,20 +247,16 @@ def _item_number(metric: str, value: float) -> str:
 
 def _camera_rows(items: paired.FactorItemComparison) -> list[list[str]]:
     rows = []
-    metric = paired.PRIMARY_METRIC
+    metric = items.primary[0]
     for _, row in items.per_camera.iterrows():
-        interval = EMPTY_CELL
-        if pd.notna(row["ci_low"]) and pd.notna(row["ci_high"]):
-            interval = (
-                f"[{_item_number(metric, row['ci_low'])}, {_item_number(metric, row['ci_high'])}]"
-            )
         rows.append(
             [
                 str(int(row["camera"])),
                 row["role"],
                 _item_number(metric, row["mean"]),
-                interval,
-                cell(row["p_positive"], 2),
+                _item_interval(metric, float(row["ci_low"]), float(row["ci_high"])),
+                f"{int(row['seeds_won'])} of {int(row['n_seeds'])}",
+                row["verdict"],
                 str(int(row["n_items"])),
             ]
         )
@@ -232,36 +264,47 @@ def _camera_rows(items: paired.FactorItemComparison) -> list[list[str]]:
 
 
 def item_level_section(items: paired.FactorItemComparison) -> str:
-    """The factor's item-level verdicts: all / input / novel views, and per rig camera."""
+    """The factor's item-level verdicts: the confirmatory question first, then every other
+    metric and view role, and per rig camera (all exploratory)."""
     base, treat = items.factor.baseline.name, items.factor.treatment.name
+    metric, role = items.primary
     headers = [
+        "question",
         "views",
         "metric",
         f"{treat} − {base}",
-        "95% CI (bootstrap)",
-        f"P({treat} better)",
-        "Holm p",
+        "95% CI (t over seeds)",
+        f"seeds {treat} better",
+        "p (Holm if confirmatory)",
         "margin",
         "verdict",
         "seeds x items (item-views)",
+        "undefined treat / base",
+        "seeds needed: detect / equivalent",
     ]
     camera_headers = [
         "camera",
         "role",
-        f"`{paired.PRIMARY_METRIC}` {treat} − {base}",
-        "95% CI",
-        f"P({treat} better)",
+        f"`{metric}` {treat} − {base}",
+        "95% CI (t over seeds)",
+        f"seeds {treat} better",
+        "verdict (uncorrected)",
         "items",
     ]
     return "\n\n".join(
         [
             f"#### Item level ({items.n_trials} evaluated trials, {items.n_pairs} pair groups)",
             f"**{items.sentence}**",
-            "Paired differences on the identical (item, view) set; intervals from a "
-            "hierarchical bootstrap (seeds, then items within a seed; views stay with their "
-            "item); Holm-corrected across the study's factors per metric and view role:",
+            f"Paired differences on the identical (item, view) set, averaged per seed (the "
+            f"unit); Student t interval over the per-seed means (df = seeds − 1). The "
+            f"confirmatory question is `{metric}` on {role} target views, Holm-corrected across "
+            "the study's factors; every other row is exploratory (uncorrected p). Undefined "
+            "values (empty predictions) are scored at the metric's floor, counted per arm. "
+            "Seeds needed: for 80% power to detect a difference of the margin / to show "
+            "equivalence within it, at the point estimate of these seeds' spread and at its "
+            "80% upper confidence limit:",
             table(headers, _verdict_rows(items)),
-            "Per rig camera (where on the uneven rig a level wins or loses):",
+            "Per rig camera, exploratory (uncorrected; six intervals, so one may miss by chance):",
             table(camera_headers, _camera_rows(items)),
         ]
     )
@@ -308,9 +351,17 @@ def evaluation_section(evaluation: paired.StudyEvaluation | None) -> str:
         "",
         "Equivalence margins: "
         + ", ".join(f"`{k}` ±{v:g}" for k, v in evaluation.margins.items())
-        + " (`python -m analysis.report STUDY --margin psnr_fg=0.3` changes one). Verdicts: "
-        "better / worse (Holm-adjusted bootstrap p < 0.05), equivalent (the whole 95% "
-        "interval inside ± margin), inconclusive (neither).",
+        + f" (from {evaluation.margin_source}; `study.json` `margins` or `python -m "
+        "analysis.report STUDY --margin psnr_fg=0.3` set them; the defaults are the smallest "
+        "differences a researcher would act on, see `analysis/verdicts.py`). Verdicts "
+        "(analysis.verdicts, seeds as the unit): equivalent (TOST: the 90% interval inside "
+        "± margin), else better / worse (t test over per-seed means, p < 0.05; Holm across "
+        "the factors for the confirmatory question), else inconclusive; fewer than 2 seeds: "
+        "too few seeds (an estimate, no verdict).",
+        "",
+        f"Confirmatory question: `{evaluation.primary[0]}` on {evaluation.primary[1]} target "
+        f"views, one per factor ({len(evaluation.comparisons)} in the Holm family); every "
+        "other metric, view role and camera is exploratory.",
     ]
     if p.get("split") == "validation":
         lines += [
@@ -333,10 +384,14 @@ def factor_section(
     diff_headers = [
         "metric",
         f"paired {treat} − {base}",
-        "95% CI (paired t)",
-        "n pairs",
+        "95% CI (paired t over seeds)",
+        "seeds (pairs)",
         f"unpaired {treat} − {base}",
         "95% CI (Welch)",
+        f"seeds {treat} better",
+        "p (Holm for the objective)",
+        "margin",
+        "verdict (paired)",
     ]
     return "\n\n".join(
         [
@@ -344,11 +399,52 @@ def factor_section(
             f"**{comparison.sentence}**",
             f"Final values of the {comparison.n_trials} analysed trials, per level:",
             level_table,
-            "Differences of final values (pairs: same seed and otherwise identical config):",
+            "Differences of final values (pairs: same seed and otherwise identical config; "
+            "the pairs of one seed are averaged, the seed is the unit"
+            + ("; validation, exploratory beside the test verdict below" if items else "")
+            + "):",
             table(diff_headers, _difference_rows(comparison)),
             f"![{factor.title}: final objective per level]({plot_name})",
             *([item_level_section(items)] if items is not None else []),
+            *([note] if (note := agreement_note(comparison, items)) else []),
         ]
+    )
+
+
+def _seed_direction(comparison: FactorComparison, metric: str) -> str | None:
+    """better / worse / None (no difference shown) of the seed-level paired interval of a
+    higher-is-better metric; None also when the metric is not in the table."""
+    found = next((m for m in comparison.metrics if m.metric == metric), None)
+    if found is None or not found.paired.has_ci or found.paired.n < 2:
+        return None
+    if found.paired.ci_low > 0:
+        return "better"
+    if found.paired.ci_high < 0:
+        return "worse"
+    return None
+
+
+def agreement_note(
+    comparison: FactorComparison, items: paired.FactorItemComparison | None
+) -> str | None:
+    """Why the validation (seed-level) and test (item-level) lines disagree, when they do."""
+    if items is None:
+        return None
+    metric = items.primary[0]
+    seed = _seed_direction(comparison, f"val/{metric}")
+    test = items.confirmatory().verdict
+    shown = test in ("better", "worse")
+    if seed == test or (seed is None and not shown):
+        return None
+    treat = comparison.factor.treatment.name
+    seed_words = f"{treat} {seed}" if seed else "no difference shown"
+    return (
+        f"*Validation and test disagree on `{metric}` here (validation: {seed_words}; test: "
+        f"{test}).* They are different measurements: the validation line compares each "
+        "trial's final value on the validation list, uncorrected; the test verdict compares "
+        "the evaluated checkpoints on the test items and is the confirmatory one (Holm across "
+        "the factors). At these seed counts either can miss a real difference; the seeds-needed "
+        "line says how many seeds would settle it."
     )
 
 

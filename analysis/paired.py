@@ -1,5 +1,5 @@
-"""Item-level comparisons: paired differences on the identical (item, view) set, hierarchical
-bootstrap intervals over seeds and items, Holm-corrected verdicts with equivalence margins.
+"""Item-level comparisons: paired differences on the identical (item, view) set, verdicts
+from analysis.verdicts (seeds as the unit), one confirmatory question per factor.
 
 Input: the gathered item table (one row per trial x item x view: trial_id, seed, item_id,
 camera, role, metrics; see trainables/gslrm/evaluate.py) and the trials table. Pure
@@ -7,37 +7,19 @@ pandas / numpy: no torch, no Ray.
 
 Pairs. Two trials pair up as in analysis.compare (same seed, every other varying config key
 equal); within a pair group, the difference of a metric on one (item, view) is the mean over
-the group's treatment trials minus the mean over its baseline trials. Rows where either side
-is NaN (an undefined metric, see trainables/gslrm/metrics.py) are left out, never zeroed.
+the group's treatment trials minus the mean over its baseline trials. An undefined (NaN) value
+in some trials of the group is a failed prediction and is scored at the metric's floor
+(analysis.verdicts.score_undefined, counted per arm); an (item, view) undefined in every
+trial (no ground-truth foreground) is left out and counted.
 
-Interval. The estimate is the mean over seeds of each seed's mean difference. A bootstrap
-replicate resamples the seeds with replacement, then, inside each drawn seed, that seed's
-items with replacement; an item brings all its views (and all pair groups of its seed) with
-it, because views of one mouse pose are not independent, and every drawn copy of a seed gets
-its own item resample. The 95% interval is the percentile interval of N_BOOT replicates,
-their spread around the estimate widened by sqrt(n / (n - 1)) for n > 1 seeds (the
-bootstrap's known (n - 1) / n shrink of the variance of a mean over n clusters). With one
-seed only item-to-item variation is left, and the sentence says so.
-Measured coverage of the 95% interval (200 simulated studies each, 6 views per item, item sd
-1, view sd 0.5, effect 0.5; tests/test_paired.py checks the first row):
-    3 seeds x 20 items, seed sd 0.3: 0.96     5 seeds: 0.96     8 seeds: 0.965
-    3 seeds x 20 items, seed sd 0:   0.995 (item noise counts at both stages: conservative)
-    3 seeds x 20 items, seed sd 1.0: 0.88  (3 seeds cannot measure a large seed spread)
-    3 seeds x 80 items, seed sd 0.3: 0.89  (the same, once items make seed spread dominant)
-    1 seed  x 40 items:              0.95
-So with the default 3 seeds, read the item-level interval next to the seed-level t interval;
-when seeds disagree strongly, add seeds.
-
-P(better) is the share of replicates in which the treatment is the better level. The
-two-sided bootstrap p value, 2 min(P(d >= 0), P(d <= 0)) (each (k + 1) / (N_BOOT + 1)), is
-Holm-corrected across the factors
-of a study, separately for each metric and view role.
-
-Verdicts (for a higher-is-better metric, d = treatment - baseline, margin m > 0):
-  equivalent    the whole 95% interval lies inside (-m, m)
-  better/worse  otherwise, when the Holm-adjusted p < ALPHA: the sign of d
-  inconclusive  everything else
-Margins default to DEFAULT_MARGINS (0.2 dB for PSNRs, 0.005 for IoU, SSIM and coverage).
+Verdicts. analysis.verdicts.paired_verdict on every metric x view role (all / input / novel)
+and per rig camera: per-seed mean differences (the pair groups of a seed averaged first),
+Student t over seeds, TOST within the metric's margin (verdicts.DEFAULT_MARGINS unless the
+study's study.json or --margin sets one), seeds won (k of n). The study's confirmatory question
+is its primary metric on its primary view role (PRIMARY_METRIC on all target views unless
+study.json's `primary_metric` / `primary_role` say otherwise): Holm runs across the study's
+factors on that one comparison each. Every other metric, role and camera row is exploratory:
+its p value is uncorrected and the report labels it so.
 
 Refusals. check_protocols raises ProtocolMismatch naming the first trial whose protocol
 record differs from the first trial's in one of PROTOCOL_COMPARED_KEYS, e.g. "trial b was
@@ -57,8 +39,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import verdicts
 from analysis.compare import level_labels, pair_key_columns, pairing_groups
 from analysis.factors import Factor
+from analysis.verdicts import Verdict, paired_verdict
 from trainables.gslrm.protocol import PROTOCOL_COMPARED_KEYS
 
 _KEY_WORDS = {
@@ -77,14 +61,8 @@ ITEM_KEYS = ("item_id", "camera", "role")
 # are diagnostics (the true one is the same for every trial by construction).
 COMPARED_METRICS = ("psnr_fg", "psnr_int", "ssim_fg", "mask_iou", "coverage", "psnr")
 PRIMARY_METRIC = "psnr_fg"
-DEFAULT_MARGINS: dict[str, float] = {
-    "psnr": 0.2,
-    "psnr_fg": 0.2,
-    "psnr_int": 0.2,
-    "mask_iou": 0.005,
-    "ssim_fg": 0.005,
-    "coverage": 0.005,
-}
+PRIMARY_ROLE = "all"  # all target views
+DEFAULT_MARGINS: dict[str, float] = dict(verdicts.DEFAULT_MARGINS)
 METRIC_UNITS = {"psnr": "dB", "psnr_fg": "dB", "psnr_int": "dB"}
 METRIC_LABELS = {
     "psnr": "whole-image PSNR",
@@ -95,10 +73,9 @@ METRIC_LABELS = {
     "coverage": "foreground coverage",
 }
 ROLES = ("all", "input", "novel")
-N_BOOT = 2000
-CONFIDENCE = 0.95
-ALPHA = 0.05
-VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+ALPHA = verdicts.ALPHA
+VERDICTS = verdicts.VERDICTS
+holm = verdicts.holm
 # "Mask covers the image": the predicted silhouette takes at least this share of the image
 # and at least COVER_RATIO times the true one (IoU then falls to about the true fraction).
 COVER_FRACTION = 0.5
@@ -143,141 +120,24 @@ def check_protocols(protocols: Mapping[str, Mapping[str, Any] | None]) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------
-# bootstrap
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Mean paired difference (treatment - baseline) with its hierarchical-bootstrap interval."""
-
-    mean: float
-    ci_low: float
-    ci_high: float
-    p_positive: float  # share of replicates with difference > 0
-    p_two_sided: float
-    n_seeds: int
-    n_items: int  # distinct items
-    n_rows: int  # finite (pair group, item, view) differences
-
-    @property
-    def has_ci(self) -> bool:
-        return math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
-
-
-def _empty_result(n_seeds: int = 0, n_items: int = 0, n_rows: int = 0) -> BootstrapResult:
-    nan = math.nan
-    return BootstrapResult(nan, nan, nan, nan, nan, n_seeds, n_items, n_rows)
-
-
-def seed_item_sums(
-    differences: pd.DataFrame, column: str
-) -> tuple[np.ndarray, np.ndarray, list[Any], list[Any]]:
-    """Per (seed, item): sum and count of the finite differences in `column`.
-
-    differences: rows (seed, item_id, column). Returns sums [S, I], counts [S, I] (0 where
-    the seed lacks the item), the seeds and the items in their row / column order.
-    """
-    frame = differences[["seed", "item_id", column]]
-    frame = frame[np.isfinite(frame[column].to_numpy(dtype=float))]
-    grouped = frame.groupby(["seed", "item_id"], sort=True)[column].agg(["sum", "count"])
-    sums = grouped["sum"].unstack("item_id", fill_value=0.0)
-    counts = grouped["count"].unstack("item_id", fill_value=0).reindex_like(sums).fillna(0)
-    return (
-        sums.to_numpy(dtype=float),
-        counts.to_numpy(dtype=float),
-        list(sums.index),
-        list(sums.columns),
-    )
-
-
-def hierarchical_bootstrap(
-    differences: pd.DataFrame,
-    column: str,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    confidence: float = CONFIDENCE,
-) -> BootstrapResult:
-    """Estimate and interval of the mean difference (see the module docstring).
-
-    differences: one row per (pair group, item, view) with columns seed, item_id, `column`.
-    """
-    sums, counts, seeds, items = seed_item_sums(differences, column)
-    n_rows = int(counts.sum())
-    if n_rows == 0:
-        return _empty_result()
-    has = counts.sum(axis=1) > 0
-    sums, counts = sums[has], counts[has]
-    n_seeds = int(has.sum())
-    estimate = float(np.mean(sums.sum(axis=1) / counts.sum(axis=1)))
-    if n_seeds * len(items) < 2:
-        return dataclasses.replace(_empty_result(n_seeds, len(items), n_rows), mean=estimate)
-    rng = np.random.default_rng(seed)
-    # each seed draws among the items it actually has
-    present = [np.flatnonzero(row > 0) for row in counts]
-    picked_seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    # every drawn copy of a seed gets its own resample of that seed's items
-    slot_means = np.empty((n_boot, n_seeds))
-    for s in range(n_seeds):
-        own = present[s]
-        where = np.nonzero(picked_seeds == s)
-        draws = own[rng.integers(0, own.size, size=(where[0].size, own.size))]
-        slot_means[where] = sums[s][draws].sum(axis=1) / counts[s][draws].sum(axis=1)
-    replicates = slot_means.mean(axis=1)
-    if n_seeds > 1:  # undo the bootstrap's (n - 1) / n shrink of the variance over n seeds
-        replicates = estimate + (replicates - estimate) * math.sqrt(n_seeds / (n_seeds - 1))
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail])
-    # a replicate equal to 0 counts against both directions: no difference gives p = 1
-    at_least = (np.count_nonzero(replicates >= 0) + 1.0) / (n_boot + 1.0)
-    at_most = (np.count_nonzero(replicates <= 0) + 1.0) / (n_boot + 1.0)
-    return BootstrapResult(
-        mean=estimate,
-        ci_low=float(low),
-        ci_high=float(high),
-        p_positive=float(np.count_nonzero(replicates > 0) / n_boot),
-        p_two_sided=float(min(1.0, 2.0 * min(at_least, at_most))),
-        n_seeds=n_seeds,
-        n_items=len(items),
-        n_rows=n_rows,
-    )
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p values, in input order; NaN stays NaN and is not counted.
-
-    e.g. holm([0.01, 0.04, 0.03]) = [0.03, 0.06, 0.06].
-    """
-    indexed = [(p, i) for i, p in enumerate(pvalues) if math.isfinite(p)]
-    indexed.sort()
-    m = len(indexed)
-    adjusted = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(indexed):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
-def verdict(result: BootstrapResult, margin: float, p_adjusted: float, alpha: float = ALPHA) -> str:
-    """better | worse | equivalent | inconclusive for treatment vs baseline (higher is better)."""
-    if not result.has_ci:
-        return "inconclusive"
-    if -margin < result.ci_low and result.ci_high < margin:
-        return "equivalent"
-    if math.isfinite(p_adjusted) and p_adjusted < alpha:
-        return "better" if result.mean > 0 else "worse"
-    return "inconclusive"
-
-
-# ---------------------------------------------------------------------------------------
 # pairing on items
+
+UNDEFINED_COLUMNS = (verdicts.UNDEFINED_TREATMENT, verdicts.UNDEFINED_BASELINE)
+
+
+def _flag(column: str, metric: str) -> str:
+    """Name of the per-metric column marking floor-scored values of one arm."""
+    return f"{column}:{metric}"
 
 
 def paired_item_differences(
     items: pd.DataFrame, trials: pd.DataFrame, factor: Factor, metrics: Sequence[str]
 ) -> pd.DataFrame:
-    """One row per (pair group, item, camera, role): seed, group, and each metric's
-    treatment - baseline difference (mean over the group's trials of each level).
+    """One row per (pair group, item, camera, role): seed, group, each metric's treatment −
+    baseline difference (mean over the group's trials of each level) and, per metric, whether
+    the treatment / baseline arm had an undefined value scored at the floor
+    (`undefined_treatment:<metric>`, `undefined_baseline:<metric>`; verdicts.score_undefined).
+    A metric undefined in every trial of the group (no ground-truth foreground) stays NaN.
 
     items: gathered item rows with trial_id; trials: the analysed trials (config columns).
     """
@@ -290,49 +150,84 @@ def paired_item_differences(
         }
     )
     frame = frame[frame["level"].notna()]
+    flags = [_flag(c, m) for m in metrics for c in UNDEFINED_COLUMNS]
+    empty = pd.DataFrame(columns=["group", "seed", *ITEM_KEYS, *metrics, *flags])
     joined = items.drop(columns=["seed"], errors="ignore").merge(frame, on="trial_id")
     keys = ["group", *ITEM_KEYS]
-    means = joined.groupby([*keys, "level"], sort=True)[list(metrics)].mean()
+    joined, scored = verdicts.score_undefined(joined, metrics, keys)
+    for metric in metrics:
+        joined[f"floor:{metric}"] = scored[metric].to_numpy(dtype=bool)
+    grouped = joined.groupby([*keys, "level"], sort=True)
+    means = grouped[list(metrics)].mean()
+    floors = grouped[[f"floor:{m}" for m in metrics]].any()
     base, treat = factor.baseline.name, factor.treatment.name
     levels = means.index.get_level_values("level")
     if base not in set(levels) or treat not in set(levels):
-        return pd.DataFrame(columns=["group", "seed", *ITEM_KEYS, *metrics])
-    treated = means.xs(treat, level="level")
-    baseline = means.xs(base, level="level")
-    diff = (treated - baseline).dropna(how="all").reset_index()
+        return empty
+    diff = means.xs(treat, level="level") - means.xs(base, level="level")
+    for metric in metrics:
+        for column, level in zip(UNDEFINED_COLUMNS, (treat, base), strict=True):
+            diff[_flag(column, metric)] = floors.xs(level, level="level")[f"floor:{metric}"]
+    diff = diff[diff[list(metrics)].notna().any(axis=1)].reset_index()
     seeds = frame.drop_duplicates("group").set_index("group")["seed"]
     # a group whose trials carry no seed is its own cluster
     diff["seed"] = [
         seeds.get(g) if not pd.isna(seeds.get(g)) else f"group:{g}" for g in diff["group"]
     ]
-    return diff[["group", "seed", *ITEM_KEYS, *metrics]]
+    return diff[["group", "seed", *ITEM_KEYS, *metrics, *flags]]
 
 
 @dataclass(frozen=True)
 class ItemComparison:
     metric: str
     role: str  # all | input | novel
-    result: BootstrapResult
+    result: Verdict
     margin: float
-    p_holm: float = math.nan
-    verdict: str = "inconclusive"
+    confirmatory: bool = False  # the study's one question per factor (Holm across factors)
+    n_unscorable: int = 0  # item views undefined in every trial (no truth to score): left out
+
+    @property
+    def verdict(self) -> str:
+        return self.result.verdict
+
+    @property
+    def p_holm(self) -> float:
+        """Holm-adjusted p of the confirmatory comparison; NaN for exploratory rows."""
+        return self.result.p_adjusted
 
 
 @dataclass(frozen=True)
 class FactorItemComparison:
     factor: Factor
     comparisons: tuple[ItemComparison, ...]
-    per_camera: pd.DataFrame  # camera, role, n_items, mean, ci_low, ci_high of PRIMARY_METRIC
+    # camera, role, n_seeds, n_items, mean, ci_low, ci_high, seeds_won, verdict of the primary
+    # metric: exploratory, uncorrected
+    per_camera: pd.DataFrame
     n_trials: int
     n_pairs: int
     sentence: str = ""
+    primary: tuple[str, str] = (PRIMARY_METRIC, PRIMARY_ROLE)
 
     def get(self, metric: str, role: str = "all") -> ItemComparison:
         return next(c for c in self.comparisons if c.metric == metric and c.role == role)
 
+    def confirmatory(self) -> ItemComparison:
+        return self.get(*self.primary)
+
 
 def _subset(differences: pd.DataFrame, role: str) -> pd.DataFrame:
     return differences if role == "all" else differences[differences["role"] == role]
+
+
+def metric_verdict(part: pd.DataFrame, metric: str, margin: float) -> tuple[Verdict, int]:
+    """paired_verdict on one metric of the pair builder's rows, and the number of item views
+    left out because no trial of the pair could score them (both arms NaN)."""
+    values = part[metric].to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    columns = {"seed": "seed", "item_id": "item_id", metric: metric}
+    columns.update({_flag(c, metric): c for c in UNDEFINED_COLUMNS if _flag(c, metric) in part})
+    view = part.loc[finite, list(columns)].rename(columns=columns)
+    return paired_verdict(view, metric, margin), int((~finite).sum())
 
 
 def compare_factor_items(
@@ -341,42 +236,63 @@ def compare_factor_items(
     factor: Factor,
     margins: Mapping[str, float],
     metrics: Sequence[str] = COMPARED_METRICS,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
+    primary: tuple[str, str] = (PRIMARY_METRIC, PRIMARY_ROLE),
 ) -> FactorItemComparison:
-    """Bootstrap every metric x role of one factor (Holm and verdicts are set by compare_items)."""
+    """Verdicts on every metric x role of one factor (Holm is applied by compare_items)."""
     differences = paired_item_differences(items, trials, factor, metrics)
     comparisons = []
     for role in ROLES:
         part = _subset(differences, role)
         for metric in metrics:
-            result = hierarchical_bootstrap(part, metric, n_boot, seed)
-            comparisons.append(ItemComparison(metric, role, result, margins[metric]))
+            result, unscorable = metric_verdict(part, metric, margins[metric])
+            comparisons.append(
+                ItemComparison(
+                    metric,
+                    role,
+                    result,
+                    margins[metric],
+                    confirmatory=(metric, role) == primary,
+                    n_unscorable=unscorable,
+                )
+            )
     cameras = []
     for (camera, role), part in differences.groupby(["camera", "role"], sort=True):
-        result = hierarchical_bootstrap(part, PRIMARY_METRIC, n_boot, seed)
+        result, _ = metric_verdict(part, primary[0], margins[primary[0]])
         cameras.append(
             {
                 "camera": int(camera),
                 "role": role,
+                "n_seeds": result.n_seeds,
                 "n_items": result.n_items,
-                "mean": result.mean,
+                "mean": result.estimate,
                 "ci_low": result.ci_low,
                 "ci_high": result.ci_high,
-                "p_positive": result.p_positive,
+                "seeds_won": result.seeds_won,
+                "verdict": result.verdict,
             }
         )
     analysed = items["trial_id"].isin(trials["trial_id"])
     return FactorItemComparison(
         factor=factor,
         comparisons=tuple(comparisons),
-        per_camera=pd.DataFrame(
-            cameras,
-            columns=["camera", "role", "n_items", "mean", "ci_low", "ci_high", "p_positive"],
-        ),
+        per_camera=pd.DataFrame(cameras, columns=CAMERA_COLUMNS),
         n_trials=int(items.loc[analysed, "trial_id"].nunique()),
         n_pairs=int(differences["group"].nunique()) if len(differences) else 0,
+        primary=primary,
     )
+
+
+CAMERA_COLUMNS = [
+    "camera",
+    "role",
+    "n_seeds",
+    "n_items",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "seeds_won",
+    "verdict",
+]
 
 
 def _amount(metric: str, value: float) -> str:
@@ -385,47 +301,90 @@ def _amount(metric: str, value: float) -> str:
     return f"{value:.{decimals}f}{' ' + unit if unit else ''}"
 
 
-def item_sentence(comparison: FactorItemComparison, metric: str = PRIMARY_METRIC) -> str:
-    """One sentence for the factor on `metric` over all views: verdict, size, interval, support."""
-    factor = comparison.factor
-    c = comparison.get(metric)
+def _support(c: ItemComparison) -> str:
     r = c.result
-    label = METRIC_LABELS.get(metric, metric)
-    base, treat = factor.baseline.name, factor.treatment.name
-    if not r.has_ci:
-        return (
-            f"Item level: not enough paired items to compare {base} and {treat} on {label} "
-            f"({r.n_seeds} seed(s), {r.n_items} item(s))."
-        )
-    seeds_note = (
-        " (one seed: the interval holds item-to-item variation only)" if r.n_seeds == 1 else ""
-    )
-    support = (
+    text = (
         f"{r.n_seeds} seed{'s' if r.n_seeds != 1 else ''} x {r.n_items} items "
-        f"({r.n_rows} paired item-views){seeds_note}"
+        f"({r.n_rows} paired item-views)"
     )
-    interval = f"95% CI [{_amount(metric, r.ci_low)}, {_amount(metric, r.ci_high)}]"
-    stats = f"P({treat} better) {r.p_positive:.2f}, Holm p {c.p_holm:.3g}"
-    if c.verdict in ("better", "worse"):
-        winner, loser = (
-            (factor.treatment, base) if c.verdict == "better" else (factor.baseline, treat)
+    if r.undefined_treatment or r.undefined_baseline:
+        floor = _amount(c.metric, verdicts.FLOORS[c.metric])
+        text += (
+            f"; undefined (empty prediction) in {r.undefined_treatment} treatment and "
+            f"{r.undefined_baseline} baseline item-views, scored as failures at {floor}"
         )
+    if c.n_unscorable:
+        text += f"; {c.n_unscorable} item-views without a value in any trial left out"
+    return text
+
+
+def seeds_line(c: ItemComparison) -> str:
+    """What the margin needs in seeds, from this comparison's seed spread: the planner's line
+    (python -m analysis.plan), at the spread's point estimate and its 80% upper limit."""
+    r = c.result
+    margin = _amount(c.metric, c.margin)
+    if r.n_seeds < verdicts.MIN_SEEDS:
         return (
-            f"Item level: {winner.phrase} beats {loser} on {label} by "
-            f"{_amount(metric, abs(r.mean))}, {interval} of {treat} − {base}, {stats}; "
-            f"{support}."
+            f"A verdict needs at least {verdicts.MIN_SEEDS} seeds; how many a ±{margin} "
+            "question needs cannot be read from one seed's spread."
         )
-    if c.verdict == "equivalent":
-        return (
-            f"Item level: {base} and {treat} are equivalent on {label} within "
-            f"±{_amount(metric, c.margin)} (difference {_amount(metric, r.mean)}, {interval}); "
-            f"{support}."
-        )
+    return plan_line(verdicts.plan(r.sd_seeds, r.n_seeds, c.margin, r.alpha), c.metric)
+
+
+def plan_line(p: verdicts.Plan, metric: str) -> str:
+    """ "Seeds for 80% power ..." for one metric's margin (shared with analysis.plan)."""
+    margin = _amount(metric, p.margin)
     return (
-        f"Item level: inconclusive on {label} between {base} and {treat} (difference "
-        f"{_amount(metric, r.mean)}, {interval}, {stats}; neither a Holm-significant difference "
-        f"nor within ±{_amount(metric, c.margin)}); {support}."
+        f"Seeds for 80% power (from the spread of {p.n_seeds} seeds' mean differences, sd "
+        f"{_amount(metric, p.sd)}, 80% upper limit {_amount(metric, p.sd_upper)}): "
+        f"{p.detect}-{p.detect_upper} to detect a {margin} difference, "
+        f"{p.equivalent}-{p.equivalent_upper} to show equivalence within ±{margin}."
     )
+
+
+def item_sentence(comparison: FactorItemComparison, metric: str | None = None) -> str:
+    """One sentence for the factor on the confirmatory metric and role (or `metric` over all
+    views): verdict, size, interval, seeds won, support, then what the margin needs in seeds."""
+    factor = comparison.factor
+    c = comparison.confirmatory() if metric is None else comparison.get(metric)
+    r = c.result
+    label = METRIC_LABELS.get(c.metric, c.metric)
+    base, treat = factor.baseline.name, factor.treatment.name
+    if r.n_seeds == 0:
+        return f"Item level: no paired items to compare {base} and {treat} on {label}."
+    if r.verdict == "too few seeds":
+        return (
+            f"Item level: too few seeds for a verdict on {label}: {treat} − {base} "
+            f"{_amount(c.metric, r.estimate)} from one seed (its item-to-item spread is not the "
+            f"seed-to-seed spread a config comparison needs); {_support(c)}. {seeds_line(c)}"
+        )
+    interval = f"95% CI [{_amount(c.metric, r.ci_low)}, {_amount(c.metric, r.ci_high)}]"
+    p_name = "Holm p" if c.confirmatory else "p (uncorrected)"
+    stats = f"{p_name} {r.p_decision:.3g}, {treat} better in {r.seeds_won} of {r.n_seeds} seeds"
+    if r.verdict in ("better", "worse"):
+        winner, loser = (
+            (factor.treatment, base) if r.verdict == "better" else (factor.baseline, treat)
+        )
+        text = (
+            f"Item level: {winner.phrase} beats {loser} on {label} by "
+            f"{_amount(c.metric, abs(r.estimate))}, {interval} of {treat} − {base}, {stats}; "
+            f"{_support(c)}."
+        )
+    elif r.verdict == "equivalent":
+        text = (
+            f"Item level: {base} and {treat} are equivalent on {label} within "
+            f"±{_amount(c.metric, c.margin)} (difference {_amount(c.metric, r.estimate)}, 90% CI "
+            f"[{_amount(c.metric, r.eq_low)}, {_amount(c.metric, r.eq_high)}] inside the "
+            f"margin, TOST p {r.p_equivalence:.3g}); {_support(c)}."
+        )
+    else:
+        text = (
+            f"Item level: inconclusive on {label} between {base} and {treat} (difference "
+            f"{_amount(c.metric, r.estimate)}, {interval}, {stats}; neither a significant "
+            f"difference nor a 90% interval inside ±{_amount(c.metric, c.margin)}); "
+            f"{_support(c)}."
+        )
+    return f"{text} {seeds_line(c)}"
 
 
 def compare_items(
@@ -434,45 +393,21 @@ def compare_items(
     factors: Sequence[Factor],
     margins: Mapping[str, float] | None = None,
     metrics: Sequence[str] = COMPARED_METRICS,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
+    primary: tuple[str, str] = (PRIMARY_METRIC, PRIMARY_ROLE),
 ) -> list[FactorItemComparison]:
-    """Every factor's item-level comparison, Holm-corrected across factors per (metric, role)."""
+    """Every factor's item-level comparison. The confirmatory family is the primary metric and
+    view role, one comparison per factor, Holm-corrected across the factors; every other
+    metric, role and camera row is exploratory (uncorrected p, labelled so)."""
     margins = {**DEFAULT_MARGINS, **(margins or {})}
-    raw = [compare_factor_items(items, trials, f, margins, metrics, n_boot, seed) for f in factors]
-    adjusted: dict[tuple[str, str], list[float]] = {}
-    for metric in metrics:
-        for role in ROLES:
-            p = [fc.get(metric, role).result.p_two_sided for fc in raw]
-            adjusted[(metric, role)] = holm(p)
+    raw = [compare_factor_items(items, trials, f, margins, metrics, primary) for f in factors]
+    family = verdicts.holm_adjusted([fc.confirmatory().result for fc in raw])
     out = []
-    for index, fc in enumerate(raw):
-        comparisons = []
-        for c in fc.comparisons:
-            p_holm = adjusted[(c.metric, c.role)][index]
-            comparisons.append(
-                ItemComparison(
-                    c.metric,
-                    c.role,
-                    c.result,
-                    c.margin,
-                    p_holm,
-                    verdict(c.result, c.margin, p_holm),
-                )
-            )
-        done = FactorItemComparison(
-            fc.factor, tuple(comparisons), fc.per_camera, fc.n_trials, fc.n_pairs
+    for fc, adjusted in zip(raw, family, strict=True):
+        comparisons = tuple(
+            dataclasses.replace(c, result=adjusted) if c.confirmatory else c for c in fc.comparisons
         )
-        out.append(
-            FactorItemComparison(
-                done.factor,
-                done.comparisons,
-                done.per_camera,
-                done.n_trials,
-                done.n_pairs,
-                item_sentence(done),
-            )
-        )
+        done = dataclasses.replace(fc, comparisons=comparisons)
+        out.append(dataclasses.replace(done, sentence=item_sentence(done)))
     return out
 
 
@@ -594,6 +529,27 @@ class StudyEvaluation:
     comparisons: tuple[FactorItemComparison, ...] = ()
     margins: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
     checkpoint_steps: Mapping[str, int] = field(default_factory=dict)
+    primary: tuple[str, str] = (PRIMARY_METRIC, PRIMARY_ROLE)
+    margin_source: str = "defaults"  # where the margins came from, for the report
+
+
+def study_question(record: Mapping[str, Any] | None) -> tuple[tuple[str, str], dict[str, float]]:
+    """The study's confirmatory question (primary metric, view role) and its margins, from its
+    study.json record, read defensively: a missing, unknown or malformed entry keeps the default
+    (psnr_fg on all target views; DEFAULT_MARGINS). `val/psnr_fg` names the same metric."""
+    record = record if isinstance(record, Mapping) else {}
+    metric = str(record.get("primary_metric", PRIMARY_METRIC)).removeprefix("val/")
+    role = str(record.get("primary_role", PRIMARY_ROLE))
+    primary = (
+        metric if metric in COMPARED_METRICS else PRIMARY_METRIC,
+        role if role in ROLES else PRIMARY_ROLE,
+    )
+    return primary, verdicts.margins_from(record, DEFAULT_MARGINS)
+
+
+def read_study_record(study_dir: Path) -> dict[str, Any]:
+    """study.json as a dict ({} when unreadable: the caller falls back to defaults)."""
+    return _read_protocol(Path(study_dir) / "study.json") or {}
 
 
 def evaluate_study(
@@ -602,12 +558,27 @@ def evaluate_study(
     analysed: pd.DataFrame,
     factors: Sequence[Factor],
     margins: Mapping[str, float] | None = None,
-    n_boot: int = N_BOOT,
+    record: Mapping[str, Any] | None = None,
 ) -> StudyEvaluation:
-    """Item-level comparisons of the analysed trials that were evaluated, or the refusal."""
-    margins = MarginSettings(dict(margins or {})).margins()
+    """Item-level comparisons of the analysed trials that were evaluated, or the refusal.
+
+    margins: --margin overrides, over the study record's `margins`, over the defaults.
+    """
+    primary, study_margins = study_question(record)
+    overrides = dict(margins or {})
+    MarginSettings(overrides).margins()  # refuses unknown metrics and non-positive margins
+    margins = {**study_margins, **overrides}
+    source = "study.json" if study_margins != DEFAULT_MARGINS else "defaults"
+    if overrides:
+        source += " and --margin"
     evaluated = tuple(sorted(t for t in analysed["trial_id"].astype(str) if t in protocols))
-    base = {"n_analysed": len(analysed), "evaluated": evaluated, "margins": margins}
+    base = {
+        "n_analysed": len(analysed),
+        "evaluated": evaluated,
+        "margins": margins,
+        "primary": primary,
+        "margin_source": source,
+    }
     if not evaluated:
         return StudyEvaluation(**base)
     try:
@@ -617,7 +588,7 @@ def evaluate_study(
     steps = {t: protocols[t].get("checkpoint_step") for t in evaluated}  # type: ignore[union-attr]
     chosen = analysed[analysed["trial_id"].astype(str).isin(evaluated)]
     rows = items[items["trial_id"].isin(evaluated)]
-    comparisons = compare_items(rows, chosen, factors, margins, n_boot=n_boot)
+    comparisons = compare_items(rows, chosen, factors, margins, primary=primary)
     return StudyEvaluation(
         **base, protocol=protocol, comparisons=tuple(comparisons), checkpoint_steps=steps
     )

@@ -226,13 +226,17 @@ def build_report(
     write_parquet(trials, out_dir / TRIALS_PARQUET, TRIALS_DESCRIPTION)
     write_parquet(curves, out_dir / CURVES_PARQUET, CURVES_DESCRIPTION)
     items.to_parquet(out_dir / ITEMS_PARQUET, index=False)
-    comparisons = compare_all(trials, study.objective, study.mode)
+    study_record = paired.read_study_record(study.path)
+    _, study_margins = paired.study_question(study_record)
+    seed_margins = {**study_margins, **(margins or {})}
+    comparisons = compare_all(trials, study.objective, study.mode, seed_margins)
     evaluation = paired.evaluate_study(
         items,
         protocols,
         analysis_set(trials, study.objective),
         [c.factor for c in comparisons],
         margins,
+        study_record,
     )
     if evaluation.refusal:
         print(f"[report] item-level comparison refused: {evaluation.refusal}", file=sys.stderr)
@@ -277,7 +281,8 @@ def publish(built: Path, names: Sequence[str], report_dir: Path) -> None:
 def write_report(study_dir: Path | str, margins: dict[str, float] | None = None) -> Path:
     """Build the report of a study folder atomically; returns the path of report.md.
 
-    margins: equivalence margins per item metric (analysis.paired.DEFAULT_MARGINS otherwise).
+    margins: equivalence margins per item metric, over study.json's `margins`, over
+    analysis.verdicts.DEFAULT_MARGINS.
     Raises NotAStudyError (naming the folder) when study_dir is not a study folder.
     """
     study = read_study_info(Path(study_dir))
@@ -305,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="METRIC=VALUE",
-        help="equivalence margin of an item metric, e.g. psnr_fg=0.3 (defaults: "
+        help="equivalence margin of an item metric, e.g. psnr_fg=0.3 (over study.json's "
+        "`margins`; defaults: "
         + ", ".join(f"{k} {v}" for k, v in paired.DEFAULT_MARGINS.items())
         + ")",
     )

@@ -94,13 +94,17 @@ def study_section(study_dir: Path, pictures_root: Path, margins: dict[str, float
     curves = build_curves(study, trial_files)
     items, protocols = paired.gather_items(study.path, trials, study.name)
     trials = add_item_flags(trials, items)
-    comparisons = compare_all(trials, study.objective, study.mode)
+    study_record = paired.read_study_record(study.path)
+    _, study_margins = paired.study_question(study_record)
+    seed_margins = {**study_margins, **(margins or {})}
+    comparisons = compare_all(trials, study.objective, study.mode, seed_margins)
     evaluation = paired.evaluate_study(
         items,
         protocols,
         analysis_set(trials, study.objective),
         [c.factor for c in comparisons],
         margins,
+        study_record,
     )
     dest = pictures_root / study.name
     dest.mkdir(parents=True, exist_ok=True)

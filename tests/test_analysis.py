@@ -619,8 +619,10 @@ def test_background_factor_pairs_ignoring_its_own_key(tmp_path: Path) -> None:
     assert paired_differences(trials, factor, "val/psnr_fg").tolist() == [3.0, 3.0]
 
 
-def test_pairs_within_a_seed_are_counted_as_pairs_not_seeds(tmp_path: Path) -> None:
-    """A 2 x 2 grid over 2 seeds: each factor has 4 pairs from 2 seeds; the sentence says so."""
+def test_pairs_within_a_seed_are_averaged_per_seed(tmp_path: Path) -> None:
+    """A 2 x 2 grid over 2 seeds: each factor has 4 pairs from 2 seeds; the seed is the unit
+    (the two pairs of a seed are averaged before the interval: df 1, not 3), and the sentence
+    says so."""
     study_dir = write_study(tmp_path)
     weight = "training.losses.background_loss_weight"
     for seed in (1, 2):
@@ -644,9 +646,11 @@ def test_pairs_within_a_seed_are_counted_as_pairs_not_seeds(tmp_path: Path) -> N
     trials, _ = load_tables(study_dir)
     dataset = next(c for c in compare_all(trials, "val/psnr_fg", "max") if c.factor is DATASET_TYPE)
     objective = next(m for m in dataset.metrics if m.metric == "val/psnr_fg")
-    assert (objective.paired.n, objective.pair_seeds) == (4, 2)
+    assert (objective.paired.n, objective.pair_seeds, objective.n_pairs) == (2, 2, 4)
     assert (
-        dataset.sentence.endswith("4 pairs over 2 seeds (paired).")
+        dataset.sentence.endswith(
+            "2 seeds (paired; 4 pairs averaged per seed), Holm p 0 across 2 factors."
+        )
         and "2.00 dB" in dataset.sentence
     )
 

@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis import paired
 from analysis.factors import DATASET_TYPE, FACTORS
+from analysis.verdicts import paired_verdict
 
 MASKED_L2 = next(f for f in FACTORS if f.name == "masked_l2")
 
@@ -34,78 +36,6 @@ def draw_differences(
     )
 
 
-def test_interval_covers_the_true_effect_at_about_the_nominal_rate() -> None:
-    rng = np.random.default_rng(11)
-    hits = 0
-    for repeat in range(200):
-        result = paired.hierarchical_bootstrap(
-            draw_differences(rng, seeds=3, items=20), "x", n_boot=1000, seed=repeat
-        )
-        hits += result.ci_low <= 0.5 <= result.ci_high
-    assert 0.90 <= hits / 200 <= 0.99, hits / 200
-
-
-def test_interval_narrows_as_items_are_added() -> None:
-    rng = np.random.default_rng(3)
-
-    def mean_width(items: int) -> float:
-        widths = []
-        for repeat in range(40):
-            frame = draw_differences(rng, seeds=3, items=items, seed_sd=0.05)
-            r = paired.hierarchical_bootstrap(frame, "x", n_boot=500, seed=repeat)
-            widths.append(r.ci_high - r.ci_low)
-        return float(np.mean(widths))
-
-    few, many = mean_width(10), mean_width(80)
-    # item noise dominates here: 8x the items should give about 1/sqrt(8) of the width
-    assert many < 0.55 * few, (few, many)
-
-
-def test_estimate_is_the_mean_of_seed_means_and_nan_rows_are_left_out() -> None:
-    frame = pd.DataFrame(
-        {
-            "seed": [0, 0, 0, 1, 1],
-            "item_id": ["a", "a", "b", "a", "b"],
-            "x": [1.0, 3.0, math.nan, 10.0, 20.0],
-        }
-    )
-    result = paired.hierarchical_bootstrap(frame, "x", n_boot=200)
-    assert result.mean == pytest.approx((2.0 + 15.0) / 2)
-    assert (result.n_seeds, result.n_items, result.n_rows) == (2, 2, 4)
-    # seed 0 only has item a (its b is NaN), so a draw of seed 0 is always 2.0; a replicate is
-    # the mean of two independent seed draws, in [2, 20], and exactly 2.0 a quarter of the
-    # time (both draws seed 0); spreads around 8.5 are widened by sqrt(2 / 1) for 2 seeds
-    assert result.ci_low == pytest.approx(8.5 - 6.5 * math.sqrt(2))
-    assert result.ci_high <= 8.5 + 11.5 * math.sqrt(2) + 1e-9
-
-
-def test_holm_hand_computed() -> None:
-    assert paired.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    out = paired.holm([0.2, math.nan, 0.01])
-    assert out[0] == pytest.approx(0.2) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
-
-
-def _result(mean: float, low: float, high: float) -> paired.BootstrapResult:
-    return paired.BootstrapResult(mean, low, high, 1.0, 0.001, 3, 20, 360)
-
-
-@pytest.mark.parametrize(
-    ("interval", "p_holm", "margin", "expected"),
-    [
-        ((1.0, 0.6, 1.4), 0.001, 0.2, "better"),
-        ((-1.0, -1.4, -0.6), 0.001, 0.2, "worse"),
-        ((0.05, 0.01, 0.09), 0.001, 0.2, "equivalent"),  # real but smaller than the margin
-        ((0.0, -0.1, 0.1), 0.9, 0.2, "equivalent"),
-        ((0.0, -0.5, 0.5), 0.9, 0.2, "inconclusive"),
-        ((0.3, 0.05, 0.55), 0.06, 0.2, "inconclusive"),  # raw CI excludes 0, Holm does not
-        ((0.3, 0.25, 0.35), 0.001, 0.5, "equivalent"),  # a wider margin
-        ((0.3, 0.25, 0.35), 0.001, 0.2, "better"),
-    ],
-)
-def test_verdicts(interval, p_holm, margin, expected) -> None:
-    assert paired.verdict(_result(*interval), margin, p_holm) == expected
-
-
 def test_verdicts_from_drawn_studies() -> None:
     rng = np.random.default_rng(5)
     tight = {"seed_sd": 0.01, "item_sd": 0.02, "view_sd": 0.02}
@@ -114,10 +44,15 @@ def test_verdicts_from_drawn_studies() -> None:
         "worse": draw_differences(rng, 3, 30, effect=-1.0, **tight),
         "equivalent": draw_differences(rng, 3, 30, effect=0.0, **tight),
         "inconclusive": draw_differences(rng, 3, 30, effect=0.1, seed_sd=1.0, item_sd=2.0),
+        "too few seeds": draw_differences(rng, 1, 30, effect=1.0, **tight),
     }
     for expected, frame in cases.items():
-        result = paired.hierarchical_bootstrap(frame, "x", n_boot=1000)
-        assert paired.verdict(result, 0.2, result.p_two_sided) == expected, (expected, result)
+        result = paired_verdict(frame, "x", margin=0.5)
+        assert result.verdict == expected, (expected, result)
+
+
+def test_holm_is_the_engines() -> None:
+    assert paired.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -210,29 +145,69 @@ def test_paired_differences_recover_each_factor_and_count_seeds_and_items() -> N
     # pairs: per seed, one with masked off and one with it on -> 2 groups x 3 seeds
     assert diff["group"].nunique() == 6 and len(diff) == 6 * 5 * 6
     assert diff["psnr_fg"].to_numpy() == pytest.approx(1.5)
-    results = paired.compare_items(items, trials, [DATASET_TYPE, MASKED_L2], n_boot=300)
+    results = paired.compare_items(items, trials, [DATASET_TYPE, MASKED_L2])
     mouse, masked = results
     c = mouse.get("psnr_fg")
-    assert c.result.mean == pytest.approx(1.5) and c.verdict == "better"
+    assert c.result.estimate == pytest.approx(1.5) and c.verdict == "better"
     assert (c.result.n_seeds, c.result.n_items, c.result.n_rows) == (3, 5, 180)
+    assert c.result.seeds_won == 3 and c.confirmatory
     assert masked.get("psnr_fg").verdict == "equivalent"  # exactly 0 difference
     assert mouse.get("mask_iou").verdict == "equivalent"
     assert "3 seeds x 5 items (180 paired item-views)" in mouse.sentence
     assert mouse.sentence.startswith(
         "Item level: Fixed rig order (mouse) beats random on foreground PSNR by 1.50 dB"
     )
-    assert "equivalent on foreground PSNR within ±0.20 dB" in masked.sentence
-    # Holm across the two factors, per metric and role
-    raw = [r.get("psnr_fg").result.p_two_sided for r in results]
+    assert "mouse better in 3 of 3 seeds" in mouse.sentence
+    assert "equivalent on foreground PSNR within ±0.50 dB" in masked.sentence
+    # Holm across the two factors on the confirmatory question only; the rest is exploratory
+    raw = [r.get("psnr_fg").result.p_value for r in results]
     assert [r.get("psnr_fg").p_holm for r in results] == pytest.approx(paired.holm(raw))
+    assert not mouse.get("psnr_fg", "novel").confirmatory
+    assert math.isnan(mouse.get("psnr_fg", "novel").p_holm)
+
+
+def test_the_pairs_of_one_seed_are_averaged_before_the_interval() -> None:
+    """2 x 2 grid: each seed gives the dataset-type factor two pair groups (masked off / on);
+    the verdict counts 3 seeds, and its interval is the t interval over 3 per-seed means."""
+    items, trials = study_tables({"mouse": 1.0, "masked": 0.0})
+    noise = {0: 0.3, 1: -0.2, 2: 0.5}
+    for trial, seed in zip(trials["trial_id"], trials["seed"], strict=True):
+        if trial[2] == "1":  # mouse trials: a per-seed shift, the same in both pair groups
+            items.loc[items["trial_id"] == trial, "psnr_fg"] += noise[seed]
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
+    r = mouse.get("psnr_fg").result
+    per_seed = np.array([1.3, 0.8, 1.5])
+    half = stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / math.sqrt(3)
+    assert r.n_seeds == 3 and r.estimate == pytest.approx(per_seed.mean())
+    assert (r.ci_low, r.ci_high) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half))
+
+
+def test_an_empty_prediction_is_scored_as_a_failure_not_dropped() -> None:
+    """psnr_int is NaN where the prediction is empty: the collapsed seed's mouse trial scores
+    0 dB there (the floor) and is counted; dropping it would hide the collapse."""
+    items, trials = study_tables({"mouse": 0.0, "masked": 0.0})
+    items["psnr_int"] = 20.0
+    collapsed = items["trial_id"].isin(["t010", "t011"])  # seed 0, mouse: empty predictions
+    items.loc[collapsed, "psnr_int"] = np.nan
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
+    r = mouse.get("psnr_int").result
+    assert (r.undefined_treatment, r.undefined_baseline) == (60, 0)  # 2 trials x 5 items x 6
+    assert r.estimate == pytest.approx(-20.0 / 3)  # seeds: -20, 0, 0
+    assert "undefined (empty prediction) in 60 treatment and 0 baseline item-views" in (
+        paired.item_sentence(mouse, "psnr_int")
+    )
+    # undefined in every trial (no ground-truth foreground): left out and counted
+    items.loc[items["item_id"] == "test_000000", "psnr_int"] = np.nan
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
+    assert mouse.get("psnr_int").n_unscorable == 2 * 3 * 6  # 2 pair groups x 3 seeds x 6 views
 
 
 def test_input_novel_and_per_camera_tables_show_where_a_level_wins() -> None:
     items, trials = study_tables({"mouse": 0.0, "masked": 0.0}, camera_bonus=2.0)
-    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE], n_boot=300)
-    assert mouse.get("psnr_fg", "input").result.mean == pytest.approx(0.0)
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
+    assert mouse.get("psnr_fg", "input").result.estimate == pytest.approx(0.0)
     assert mouse.get("psnr_fg", "input").verdict == "equivalent"
-    assert mouse.get("psnr_fg", "novel").result.mean == pytest.approx(2.0)
+    assert mouse.get("psnr_fg", "novel").result.estimate == pytest.approx(2.0)
     assert mouse.get("psnr_fg", "novel").verdict == "better"
     table = mouse.per_camera.set_index("camera")
     assert list(table.index) == [0, 1, 2, 3, 4, 5]
@@ -243,9 +218,11 @@ def test_input_novel_and_per_camera_tables_show_where_a_level_wins() -> None:
 def test_single_seed_sentence_says_the_interval_ignores_seeds() -> None:
     items, trials = study_tables({"mouse": 1.0, "masked": 0.0}, seeds=1, items=8)
     items.loc[items["trial_id"].str.endswith("10"), "psnr_fg"] += np.linspace(-0.3, 0.3, 48)
-    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE], n_boot=300)
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
     assert "1 seed x 8 items" in mouse.sentence
-    assert "one seed: the interval holds item-to-item variation only" in mouse.sentence
+    assert mouse.get("psnr_fg").verdict == "too few seeds"
+    assert mouse.sentence.startswith("Item level: too few seeds for a verdict on foreground PSNR")
+    assert "A verdict needs at least 2 seeds" in mouse.sentence
 
 
 def test_mask_covers_the_image_flag() -> None:
@@ -265,7 +242,7 @@ def test_mask_covers_the_image_flag() -> None:
 
 def test_margins_are_settable_and_checked() -> None:
     margins = paired.MarginSettings({"psnr_fg": 0.5}).margins()
-    assert margins["psnr_fg"] == 0.5 and margins["mask_iou"] == 0.005 and margins["psnr"] == 0.2
+    assert margins["psnr_fg"] == 0.5 and margins["mask_iou"] == 0.01 and margins["psnr"] == 0.5
     with pytest.raises(ValueError, match="unknown metric 'lpips'"):
         paired.MarginSettings({"lpips": 0.1}).margins()
     with pytest.raises(ValueError, match="psnr must be > 0"):
