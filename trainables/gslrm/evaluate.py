@@ -55,6 +55,7 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.version import code_version
+from trainables.journal import read_json_lines
 
 EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
@@ -113,22 +114,16 @@ def checkpoint_steps(folder: Path) -> dict[int, Path]:
 
 
 def validation_history(metrics_file: Path, objective: str) -> dict[int, float]:
-    """{step: finite objective value} from a trainer's metrics.jsonl (later lines win)."""
+    """{step: finite objective value} from a trainer's metrics.jsonl (later lines win).
+
+    Read through the journal's tolerant reader: a line torn by a killed writer is skipped, so
+    a resumed run whose log holds one is still evaluated (it used to raise at every round).
+    """
     history: dict[int, float] = {}
-    if not metrics_file.is_file():
-        return history
-    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise EvaluationError(
-                f"{metrics_file}:{number}: not a JSON line; the run's metrics log is damaged"
-            ) from None
-        value = record.get(objective)
-        if isinstance(value, int | float) and math.isfinite(value) and "step" in record:
-            history[int(record["step"])] = float(value)
+    for record in read_json_lines(metrics_file):
+        value, step = record.get(objective), record.get("step")
+        if isinstance(value, int | float) and math.isfinite(value) and isinstance(step, int):
+            history[step] = float(value)
     return history
 
 

@@ -61,6 +61,7 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.visualize import save_validation_grid
+from trainables.journal import append_line
 
 
 class TrainingDiverged(RuntimeError):
@@ -601,8 +602,8 @@ class MetricsLog:
     def log(self, record: dict[str, Any], step: int, picture: Path | None = None) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **record}) + "\n")
+        # newline-guarded: a line torn by a killed writer is not merged with this record
+        append_line(self.path, {"step": step, **record})
         if self.wandb_run is not None:
             payload = dict(record)
             if picture is not None and picture.is_file():
