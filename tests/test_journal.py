@@ -137,3 +137,39 @@ def test_the_reader_skips_what_is_not_an_event(tmp_path: Path, tail: str) -> Non
     assert [e["event"] for e in journal.events] == ["attempt_started", "reported"]
     assert journal.info == {"trial_id": "t1", "seed": 3, "code_version": "abc"}
     assert json.loads((tmp_path / JOURNAL_FILE).read_text().splitlines()[-1])["step"] == 10
+
+
+def test_the_trainer_keeps_the_journal_of_a_run_that_diverges(tmp_path: Path) -> None:
+    """Rank 0's events, written by the real loop: the attempt, its rounds, and the divergence
+    (which the outcome rule reads instead of the old diverged.json)."""
+    from tests.test_train import CPU, smoke
+    from trainables.gslrm.data.synthetic import generate_dataset
+    from trainables.gslrm.train import Hooks, TrainingDiverged, train
+
+    data = generate_dataset(tmp_path / "data", samples=4, size=32, rig="mouse6", seed=1)
+    config = smoke(
+        data,
+        "model.image_tokenizer.image_size=32",
+        "model.transformer.n_layer=1",
+        "model.transformer.d=64",
+        "training.schedule.max_steps=6",
+        "training.schedule.warmup=1",
+        "validation.val_every=2",
+        "validation.max_items=1",
+        "training.checkpointing.checkpoint_every=2",
+        "training.runtime.inject_nan_loss_at_step=3",
+    )
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged):
+        train(config, run, Hooks(device=CPU, run_info={"trial_id": "t9"}))
+    journal = TrialJournal.read(run)
+    assert [e["event"] for e in journal.events] == [
+        "attempt_started",
+        "validated",
+        "checkpointed",
+        "diverged",
+    ]
+    assert journal.info["trial_id"] == "t9" and journal.info["seed"] == config.training.runtime.seed
+    outcome = journal.outcome(max_steps=6, error="RuntimeError: diverged at step 3")
+    assert (outcome.status, outcome.diverged_step) == ("diverged", 3)
+    assert list(journal.curve) == [2] and journal.loop_ended
