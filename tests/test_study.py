@@ -275,7 +275,7 @@ def test_smoke_sweep_end_to_end_with_dashboard(tmp_path, dataset):
     for folder in trial_folders(study_dir):
         # metrics came from a Ray Train worker group: its attempt log and Train-reported checkpoints
         trial_id = json.loads((folder / "result.json").read_text().splitlines()[0])["trial_id"]
-        assert (study_dir / "runs" / trial_id / "attempts.jsonl").is_file()
+        assert (study_dir / "runs" / trial_id / "journal.jsonl").is_file()
         results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
         assert results and [r["step"] for r in results] == [10, 20][: len(results)]
         assert all(str(study_dir / "train") in r["checkpoint_path"] for r in results)

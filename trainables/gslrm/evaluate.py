@@ -4,7 +4,8 @@
 
 writes `<run>/eval/items.parquet` (one typed row per (item, view), columns ITEM_COLUMNS) and
 then `<run>/eval/protocol.json` (what makes two evaluations comparable), each atomically; the
-protocol file is written last, so its presence marks a complete evaluation.
+protocol file is written last, so its presence marks a complete evaluation, and the run's
+journal (`trainables.journal`) gets an `evaluated` event naming the checkpoint.
 
 The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
 - Items: the test split `evaluation.dataset_path`, else `data_test.txt` beside the training
@@ -55,7 +56,7 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.version import code_version
-from trainables.journal import read_json_lines
+from trainables.journal import append_event, read_json_lines
 
 EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
@@ -404,6 +405,10 @@ def evaluate_run(
     }
     target = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
     items_path, protocol_path = write_evaluation(target, table, protocol)
+    if out_dir is None:  # the run's own evaluation: its journal says which checkpoint
+        append_event(
+            run_dir, "evaluated", step=chosen.step, path=str(chosen.path), rule=chosen.rule
+        )
     return EvalResult(
         items_path, protocol_path, protocol, table.num_rows, time.perf_counter() - start
     )

@@ -688,12 +688,8 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     state.model = hooks.wrap_model(state.model)
     state.model.train()
 
-    log = MetricsLog(out_dir, config, hooks)
-    window = LogWindow(device, state.distributed)
-    last_metrics: dict[str, float] = {}
-    last_ckpt_step = state.step
     start = time.perf_counter()
-    if hooks.is_main:
+    if hooks.is_main:  # before W&B starts: a driver rebuilding a killed run's W&B needs `info`
         append_event(
             out_dir,
             "attempt_started",
@@ -703,6 +699,10 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
             code_version=code_version(),
             info=dict(hooks.run_info),
         )
+    log = MetricsLog(out_dir, config, hooks)
+    window = LogWindow(device, state.distributed)
+    last_metrics: dict[str, float] = {}
+    last_ckpt_step = state.step
     try:
         remaining = max(0, schedule.max_steps - state.step)
         for epoch, batch in itertools.islice(batches(data, state.step, runtime.seed), remaining):
