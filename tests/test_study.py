@@ -378,6 +378,10 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
 
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert trials["flag_stopped_early"].sum() == 1
+    # what the stopped trial spent, from its journal (the span of its logged steps; no GPU
+    # time on CPU), not NaN as when only a finished trial's summary had it
+    stopped = trials[trials["flag_stopped_early"]].iloc[0]
+    assert stopped["wall_s"] > 0 and stopped["gpu_s"] == 0.0
 
 
 def test_linked_keys_follow_their_leader_inside_the_trial():
