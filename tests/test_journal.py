@@ -173,3 +173,16 @@ def test_the_trainer_keeps_the_journal_of_a_run_that_diverges(tmp_path: Path) ->
     outcome = journal.outcome(max_steps=6, error="RuntimeError: diverged at step 3")
     assert (outcome.status, outcome.diverged_step) == ("diverged", 3)
     assert list(journal.curve) == [2] and journal.loop_ended
+
+
+def test_a_trial_tune_stopped_while_its_loop_finished_is_stopped_early(tmp_path: Path) -> None:
+    """ASHA decides on the step-10 report while the worker runs on to its last step and
+    journals `trained`: Tune's record of the trial ends at step 10, so the searcher (PRUNED)
+    and the analysis both say stopped_early; without Tune's step the loop's end counts."""
+    attempt(tmp_path, 1.0)
+    event(tmp_path, "validated", 2.0, step=10, metrics={"val/psnr_fg": 9.0}, gpu_s=0.0)
+    event(tmp_path, "trained", 3.0, final_step=20, steps_this_call=20, wall_s=2.0, gpu_s=0.0)
+    journal = TrialJournal.read(tmp_path)
+    assert journal.outcome(20, last_step=10).status == "stopped_early"
+    assert journal.outcome(20, last_step=20).status == "finished"
+    assert journal.outcome(20).status == "finished"

@@ -285,10 +285,15 @@ class TrialJournal:
            result of the settings, not a crash: it wins over the error it also raised).
         2. `error` (the failure's message, e.g. the root cause of Train's error or error.txt's
            last line) is given: "errored" with that message.
-        3. A `trained` event: "finished" at its final step.
+        3. A `trained` event: "finished" at its final step, unless `last_step` (the newest step
+           Tune received) is below that step: Tune stopped the trial on an earlier report
+           while its loop was finishing, so the study's record of it ends there (rule 4).
         4. Otherwise the trial was stopped from outside (ASHA, the study ending): "finished"
            when its newest step (`last_step`, else the journal's) reached `max_steps`, else
            "stopped_early". With `max_steps` unknown, "finished".
+
+        last_step: the newest step Tune received, when the caller knows it (the searcher, the
+        analysis); None: the journal's newest step, and a trained event counts as it is.
         """
         logged = last_step if last_step is not None else self.last_step
         diverged = self.last("diverged")
@@ -299,8 +304,9 @@ class TrialJournal:
         if error:
             return Outcome("errored", error.strip()[:ERROR_MAX_CHARS], logged)
         trained = self.last("trained")
-        if trained is not None and _int(trained.get("final_step")) is not None:
-            return Outcome("finished", None, trained["final_step"])
+        final_step = _int(trained.get("final_step")) if trained is not None else None
+        if final_step is not None and (last_step is None or last_step >= final_step):
+            return Outcome("finished", None, final_step)
         if max_steps is not None and logged < max_steps:
             return Outcome("stopped_early", None, logged)
         return Outcome("finished", None, logged)
