@@ -186,3 +186,24 @@ def test_a_trial_tune_stopped_while_its_loop_finished_is_stopped_early(tmp_path:
     assert journal.outcome(20, last_step=10).status == "stopped_early"
     assert journal.outcome(20, last_step=20).status == "finished"
     assert journal.outcome(20).status == "finished"
+
+
+def test_the_best_rule_reads_the_journal_and_falls_back_to_metrics(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The evaluator's `best` checkpoint comes from the record the trainer's pruning used (the
+    journal); a run without a journal (FaceLift's, or older) still has its metrics.jsonl."""
+    import trainables.gslrm.evaluate as evaluate
+    from trainables.gslrm.checkpoint import checkpoint_name
+
+    (tmp_path / "checkpoints").mkdir()
+    for step in (10, 20):
+        (tmp_path / "checkpoints" / checkpoint_name(step)).write_bytes(b"x")
+    # the files are stand-ins: the rule is what is tested, not the checkpoint reader
+    monkeypatch.setattr(evaluate, "read_checkpoint", lambda path: None)
+    lines = [{"step": 10, "val/psnr_fg": 30.0}, {"step": 20, "val/psnr_fg": 20.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert evaluate.choose_checkpoint(tmp_path, "best").step == 10
+    for step, psnr in ((10, 18.0), (20, 21.0)):
+        append_event(tmp_path, "validated", step=step, metrics={"val/psnr_fg": psnr}, gpu_s=0)
+    assert evaluate.choose_checkpoint(tmp_path, "best").step == 20

@@ -14,8 +14,9 @@ The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
   scored on the same (item, camera) pairs: inputs are cameras 0..num_input_views-1 (role
   `input`), targets are every one of the num_views cameras (the others have role `novel`).
 - Checkpoint: `evaluation.checkpoint` = `last` (newest readable checkpoint) or `best` (the
-  kept checkpoint whose step has the best `evaluation.objective` in metrics.jsonl). When the
-  best validated step's checkpoint was pruned, the best kept one is used and the record says so.
+  kept checkpoint whose step has the best `evaluation.objective` in the run's journal, else in
+  metrics.jsonl for a run without one). When the best validated step's checkpoint was
+  pruned, the best kept one is used and the record says so.
 - Metrics: `metrics.item_view_metrics` (definitions and NaN cases there), METRICS_VERSION.
 - Record: `protocol.json` holds PROTOCOL_COMPARED_KEYS (two evaluations are comparable only
   where all of them agree; analysis.paired refuses the rest) plus the step, paths, timings and
@@ -56,7 +57,7 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.version import code_version
-from trainables.journal import append_event, read_json_lines
+from trainables.journal import TrialJournal, append_event, read_json_lines
 
 EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
@@ -128,6 +129,17 @@ def validation_history(metrics_file: Path, objective: str) -> dict[int, float]:
     return history
 
 
+def run_validation_history(run_dir: Path, objective: str) -> dict[int, float]:
+    """{step: finite objective value} of a run: its journal's validation rounds (the record
+    the trainer's pruning spared the best of), else metrics.jsonl (a FaceLift run, or one
+    written before the journal)."""
+    curve = TrialJournal.read(run_dir).curve
+    if not curve:
+        return validation_history(Path(run_dir) / "metrics.jsonl", objective)
+    values = {step: metrics.get(objective, math.nan) for step, metrics in curve.items()}
+    return {step: value for step, value in values.items() if math.isfinite(value)}
+
+
 def choose_checkpoint(
     run_dir: Path, rule: str, objective: str = "val/psnr_fg", mode: str = "max"
 ) -> ChosenCheckpoint:
@@ -150,13 +162,13 @@ def choose_checkpoint(
         return ChosenCheckpoint(readable[step], step, "last")
     if rule != "best":
         raise EvaluationError(f"checkpoint rule {rule!r}: must be best or last")
-    history = validation_history(run_dir / "metrics.jsonl", objective)
+    history = run_validation_history(run_dir, objective)
     sign = 1.0 if mode == "max" else -1.0
     scored = {step: value for step, value in history.items() if step in readable}
     if not scored:
         raise EvaluationError(
-            f"{run_dir}: no kept checkpoint has a {objective} value in metrics.jsonl, so the "
-            "`best` rule cannot choose; use evaluation.checkpoint=last"
+            f"{run_dir}: no kept checkpoint has a {objective} value in its journal or "
+            "metrics.jsonl, so the `best` rule cannot choose; use evaluation.checkpoint=last"
         )
     # ties go to the earliest step, so the choice does not depend on file order
     best_kept = min(scored, key=lambda s: (-sign * scored[s], s))
