@@ -419,11 +419,22 @@ def evaluate_run(
     items_path, protocol_path = write_evaluation(target, table, protocol)
     if out_dir is None:  # the run's own evaluation: its journal says which checkpoint
         append_event(
-            run_dir, "evaluated", step=chosen.step, path=str(chosen.path), rule=chosen.rule
+            run_dir,
+            "evaluated",
+            step=chosen.step,
+            path=run_relative(chosen.path, run_dir),
+            rule=chosen.rule,
         )
     return EvalResult(
         items_path, protocol_path, protocol, table.num_rows, time.perf_counter() - start
     )
+
+
+def run_relative(path: Path, run_dir: Path) -> str:
+    """`path` relative to the run folder when inside it (the folder moves with its study),
+    as the trainer's `checkpointed` events name checkpoints; else absolute."""
+    path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
+    return str(path.relative_to(run_dir) if path.is_relative_to(run_dir) else path)
 
 
 def evaluate_trial(
