@@ -109,6 +109,7 @@ def test_a_finished_trial_survives_a_failing_evaluation(tmp_path: Path, data, ca
     assert evaluate_main([str(run), "--dataset", str(good), "--device", "cpu"]) == 0
     evaluated = TrialJournal.read(run).evaluation
     assert evaluated["event"] == "evaluated" and evaluated["step"] in (2, 4)
+    assert (run / evaluated["path"]).is_file()  # relative to the run folder, which may move
     assert (run / "eval" / "protocol.json").is_file()
 
 
