@@ -2,6 +2,13 @@
 
 No pandas here: this layer only parses files and tolerates what a crashed or stopped trial
 leaves behind (missing files, an empty or truncated result.json, NaN metrics).
+
+A trial's fate (status, compute, seed and code version of a trial stopped before its summary)
+comes from its journal, STUDY/runs/<trial id>/journal.jsonl, through the one reader
+`trainables.journal.TrialJournal` that the trial and the searcher use too. Study folders
+written before the journal existed keep what their trial_summary.json says and their
+run_info.json; a stopped trial of such a folder has no compute and its divergence (then
+diverged.json) is not read.
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.metrics import is_curve_key
-from trainables.outcome import ERROR_MAX_CHARS as ERROR_MESSAGE_MAX_CHARS
-from trainables.outcome import STATUSES as FINAL_STATUSES
-from trainables.outcome import classify_outcome
+from trainables.journal import ERROR_MAX_CHARS as ERROR_MESSAGE_MAX_CHARS
+from trainables.journal import METRICS_FILE, TrialJournal, read_json_lines
+from trainables.journal import STATUSES as FINAL_STATUSES
 
 # Ray names trial folders "<trainable>_<trial id>_<index>_<params>_<date>"; the id is
 # 5 hex characters, "_", 5 digits.
@@ -54,10 +61,12 @@ class TrialFiles:
     summary: dict[str, Any] | None
     error_text: str | None
     # From the trainer's run folder (STUDY/runs/<trial id>/), which a trial stopped mid-fit
-    # fills although it never wrote its summary: config.yaml (every key, flattened with ".")
-    # and run_info.json (seed, code version).
+    # fills although it never wrote its summary: config.yaml (every key, flattened with "."),
+    # the journal, and the journal's record of the trial (seed, code version; run_info.json in
+    # folders written before the journal).
     run_config: dict[str, Any] | None = None
     run_info: dict[str, Any] | None = None
+    journal: TrialJournal | None = None
 
 
 def flatten(data: dict[str, Any], sep: str, prefix: str = "") -> dict[str, Any]:
@@ -202,17 +211,14 @@ def reports_before_tune(metrics_path: Path, reports: list[dict[str, Any]]) -> li
 
     Needed because a driver restart that restores a trial makes Tune start its result.json
     afresh: without these rows a resumed trial's curve (and the flags read from its first
-    values) would begin at the resume.
+    values) would begin at the resume. Read through the journal's tolerant line reader.
     """
     steps = [s for s in map(_step, reports) if s is not None]
     first = min(steps) if steps else math.inf
     by_step: dict[int, dict[str, Any]] = {}
     validated: set[int] = set()
-    try:
-        text = metrics_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return []  # no run folder (or an unreadable log): Tune's reports are all there is
-    for row in parse_result_lines(text):
+    for record in read_json_lines(metrics_path):
+        row = flatten({k: v for k, v in record.items() if k != "config"}, "/")
         step = _step(row)
         if step is None or step >= first:
             continue
@@ -227,11 +233,13 @@ def with_run_files(trial: TrialFiles, study_dir: Path) -> TrialFiles:
     the study, so it is found here rather than by the absolute path the summary records)."""
     run_dir = Path(study_dir) / "runs" / trial_id(trial)
     config = read_yaml_mapping(run_dir / "config.yaml")
+    journal = TrialJournal.read(run_dir)
     return replace(
         trial,
-        reports=reports_before_tune(run_dir / "metrics.jsonl", trial.reports) + trial.reports,
+        reports=reports_before_tune(run_dir / METRICS_FILE, trial.reports) + trial.reports,
         run_config=flatten(config, ".") if config is not None else None,
-        run_info=read_json_object(run_dir / "run_info.json"),
+        run_info=journal.info or read_json_object(run_dir / "run_info.json"),
+        journal=journal,
     )
 
 
@@ -262,7 +270,7 @@ def trial_config(trial: TrialFiles) -> dict[str, Any]:
 
 
 def trial_record(trial: TrialFiles, key: str) -> Any:
-    """`key` ("seed", "code_version") from the summary, else from the run's run_info.json."""
+    """`key` ("seed", "code_version") from the summary, else from the run's journal record."""
     for record in (trial.summary, trial.run_info):
         if record and record.get(key) is not None:
             return record[key]
@@ -270,18 +278,33 @@ def trial_record(trial: TrialFiles, key: str) -> Any:
 
 
 def trial_status(trial: TrialFiles, last_step: int | None, max_steps: int | None) -> str:
-    """The summary's status when it states a final one (the adapter applied
-    `trainables.outcome.classify_outcome` when the trial ended), else that same rule on what
-    the trial left: its run folder (when the summary names one that exists here), error.txt's
-    last line and the last reported step."""
+    """The summary's status when it states a final one (the trial applied the journal's rule
+    when it ended), else that same rule (`TrialJournal.outcome`) on what the trial left: its
+    journal (read with its run folder, else from the run folder the summary names when it
+    exists here), error.txt's last line and the last reported step."""
     if trial.summary and trial.summary.get("status") in FINAL_STATUSES:
         return str(trial.summary["status"])
-    recorded = (trial.summary or {}).get("run_dir")
-    run_dir = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
+    journal = trial.journal
+    if journal is None:
+        recorded = (trial.summary or {}).get("run_dir")
+        run_dir = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_dir() else None
+        journal = TrialJournal.read(run_dir)
     error = last_nonempty_line(trial.error_text) if trial.error_text is not None else None
     if trial.error_text is not None and not error:
         error = "error.txt is empty"
-    return classify_outcome(run_dir, max_steps, error, last_step).status
+    return journal.outcome(max_steps, error, last_step).status
+
+
+def trial_compute(trial: TrialFiles) -> dict[str, Any]:
+    """{"wall_s", "gpu_s", "restarts"}: summed over the attempts the journal records (a trial
+    stopped mid-fit counts the span of its logged steps), else the summary's (older folders);
+    None where neither knows."""
+    journal = trial.journal
+    if journal is not None and journal.attempts:
+        compute = journal.compute()
+        return {"wall_s": compute.wall_s, "gpu_s": compute.gpu_s, "restarts": compute.restarts}
+    summary = trial.summary or {}
+    return {key: summary.get(key) for key in ("wall_s", "gpu_s", "restarts")}
 
 
 def trial_error(trial: TrialFiles) -> str | None:

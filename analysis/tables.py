@@ -50,6 +50,7 @@ from analysis.load import (
     StudyInfo,
     TrialFiles,
     report_metrics,
+    trial_compute,
     trial_config,
     trial_error,
     trial_id,
@@ -197,6 +198,7 @@ def trial_row(study: StudyInfo, trial: TrialFiles, metrics: Sequence[str]) -> di
     config = trial_config(trial)
     last_step = curve[-1]["step"] if curve else None
     status = trial_status(trial, last_step, study.max_steps)
+    compute = trial_compute(trial)  # summed over attempts (the journal), else the summary's
     row: dict[str, Any] = {
         "study": study.name,
         "trial_id": trial_id(trial),
@@ -209,9 +211,11 @@ def trial_row(study: StudyInfo, trial: TrialFiles, metrics: Sequence[str]) -> di
         "steps_run": _integer(summary.get("steps_run", last_step)),
         "last_step": last_step,
         "n_reports": len(curve),
-        "wall_s": _number(summary.get("wall_s", curve[-1]["time_total_s"] if curve else None)),
-        "gpu_s": _number(summary.get("gpu_s")),
-        "restarts": _integer(summary.get("restarts")),
+        "wall_s": _number(
+            _first(compute["wall_s"], curve[-1].get("time_total_s") if curve else None)
+        ),
+        "gpu_s": _number(compute["gpu_s"]),
+        "restarts": _integer(compute["restarts"]),
         "seed": _integer(_first(trial_record(trial, "seed"), config.get("training.runtime.seed"))),
         "code_version": trial_record(trial, "code_version"),
     }

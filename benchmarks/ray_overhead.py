@@ -10,7 +10,6 @@ steps/s (between the first and the last logged step) and total wall time, then t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainables.gslrm.config import load_config, parse_override  # noqa: E402
 from trainables.gslrm.data.synthetic import generate_dataset  # noqa: E402
 from trainables.gslrm.train import train  # noqa: E402
+from trainables.journal import read_json_lines  # noqa: E402
 from trainables.ray_trainable import TrialSettings, run_trial  # noqa: E402
 
 
 def timing(metrics_file: Path, launched: float) -> dict[str, float]:
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    rows = read_json_lines(metrics_file)  # the one tolerant reader of the log
     times = [(r["step"], r["metrics/time"]) for r in rows if "metrics/time" in r]
     (first_step, first_t), (last_step, last_t) = times[0], times[-1]
     return {

@@ -8,7 +8,8 @@ What it changes against Ray 2.60's OptunaSearch:
   index W&B, TensorBoard and curves.parquet use, not by Tune's iteration (1, 2, ...). Optuna
   has no intermediate values for multi-objective studies (Trial.report refuses them), so there
   every objective's values by step go into the user attribute `intermediate_values`.
-- A trial ends in Optuna with the state of the one outcome rule (`trainables.outcome`):
+- A trial ends in Optuna with the state of the one outcome rule (`trainables.journal`, read
+  from the trial's journal runs/<trial id>/journal.jsonl):
   finished -> COMPLETE with its final values; stopped early (ASHA) -> PRUNED, keeping its
   intermediate values (Ray's version tells COMPLETE with the last value, so the sampler takes a
   trial stopped at step 10 for a finished one); diverged or errored -> FAIL.
@@ -30,7 +31,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.outcome import classify_outcome
+from trainables.journal import TrialJournal
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ class StudySearcher(OptunaSearch):
         # The result that made ASHA stop a trial reaches the searcher only here (Tune skips
         # on_trial_result for it), so a trial stopped at its first rung would keep no values.
         self._record_intermediate(trial_id, result)
-        outcome = classify_outcome(
-            Path(self._study_dir) / RUNS_FOLDER / trial_id,
+        journal = TrialJournal.read(Path(self._study_dir) / RUNS_FOLDER / trial_id)
+        outcome = journal.outcome(
             self._max_steps,
             error="the trial raised an error (see its Tune folder's error.txt)" if error else None,
             last_step=result_step(result),

@@ -3,7 +3,6 @@ raises, drivers killed at random points, and two studies sharing one cluster."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -18,6 +17,7 @@ import pytest
 
 from tests.test_study import REPO, TINY, TINY_64PX, ray_head, study_env, summaries
 from trainables.gslrm.data.synthetic import generate_dataset
+from trainables.journal import TrialJournal
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +107,14 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
     (summary,) = summaries(study_dir)
     assert summary["status"] == "finished" and summary["steps_run"] == 20
     assert summary["restarts"] >= 1
-    result = json.loads((Path(summary["run_dir"]) / "train_result.json").read_text())
+    journal = TrialJournal.read(Path(summary["run_dir"]))
     # the new worker group resumed from the checkpoint at or after the one we saw, so at most
     # one checkpoint interval (10 steps) was lost
-    assert result["resumed_from_step"] >= killed_after
+    assert journal.attempts[-1].started["resumed_from_step"] >= killed_after
+    # both attempts' time counts: the killed one's logged span, then the finished one's
+    assert summary["wall_s"] == pytest.approx(journal.compute().wall_s)
+    assert summary["wall_s"] > journal.attempts[-1].wall_s
+    assert not list(Path(summary["run_dir"]).glob(".resume_*"))  # resumed in place
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert int(trials["restarts"].iloc[0]) >= 1
 

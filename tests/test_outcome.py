@@ -1,4 +1,4 @@
-"""How a trial ended, without Ray: the one rule (trainables.outcome) on hand-made run folders,
+"""How a trial ended, without Ray: the one rule (trainables.journal) on hand-made journals,
 the analysis applying the same rule, the Ray adapter recording a non-Train exception as an
 error with its message, and checkpoints staged for Ray across two filesystems."""
 
@@ -12,22 +12,27 @@ from types import SimpleNamespace
 import pytest
 
 from analysis.load import TrialFiles, trial_status
-from trainables.outcome import classify_outcome, last_logged_step
+from trainables.journal import JOURNAL_FILE, TrialJournal, append_event, classify_outcome
 
 SHM = Path("/dev/shm")
 
 
-def run_folder(tmp_path: Path, steps: list[int], **files: dict) -> Path:
+def run_folder(tmp_path: Path, steps: list[int], *events: dict) -> Path:
+    """A run whose journal validated `steps`, then holds `events` ({"event": ..., ...})."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in steps))
-    for name, content in files.items():
-        (run / f"{name}.json").write_text(json.dumps(content))
+    append_event(run, "attempt_started", world_size=1, resumed_from_step=0)
+    for step in steps:
+        append_event(run, "validated", step=step, metrics={"val/psnr_fg": 10.0}, gpu_s=0.0)
+    for event in events:
+        append_event(run, **event)
     return run
 
 
 def test_diverged_wins_over_the_error_it_raised(tmp_path: Path) -> None:
-    run = run_folder(tmp_path, [10, 20], diverged={"step": 23, "error": "diverged at step 23"})
+    run = run_folder(
+        tmp_path, [10, 20], {"event": "diverged", "step": 23, "error": "diverged at step 23"}
+    )
     outcome = classify_outcome(run, 40, error="RuntimeError: diverged at step 23")
     assert (outcome.status, outcome.diverged_step, outcome.last_step) == ("diverged", 23, 23)
     assert outcome.error == "diverged at step 23"
@@ -39,17 +44,17 @@ def test_error_then_result_then_steps(tmp_path: Path) -> None:
     assert classify_outcome(run, 40).status == "stopped_early"
     assert classify_outcome(run, 20).status == "finished"  # stopped, but at the last step
     assert classify_outcome(run, None).status == "finished"
-    (run / "train_result.json").write_text(json.dumps({"final_step": 40}))
+    append_event(run, "trained", final_step=40, steps_this_call=40, wall_s=1.0, gpu_s=0.0)
     finished = classify_outcome(run, 40)
     assert (finished.status, finished.last_step) == ("finished", 40)
 
 
-def test_a_half_written_metrics_line_is_skipped(tmp_path: Path) -> None:
+def test_a_half_written_journal_line_is_skipped(tmp_path: Path) -> None:
     run = run_folder(tmp_path, [10, 20])
-    with (run / "metrics.jsonl").open("a") as handle:
-        handle.write('{"step": 30, "train/lo')
-    assert last_logged_step(run) == 20
-    assert last_logged_step(tmp_path / "missing") == 0
+    with (run / JOURNAL_FILE).open("a") as handle:
+        handle.write('{"event": "validated", "step": 30, "metr')
+    assert TrialJournal.read(run).last_step == 20
+    assert TrialJournal.read(tmp_path / "missing").last_step == 0
 
 
 def trial_files(summary: dict | None, error_text: str | None = None) -> TrialFiles:
@@ -59,7 +64,7 @@ def trial_files(summary: dict | None, error_text: str | None = None) -> TrialFil
 def test_the_analysis_applies_the_same_rule(tmp_path: Path) -> None:
     """A summary written before the end ("running", the driver was killed) does not decide; the
     run folder it names does: here the loss diverged, which the old rule called stopped_early."""
-    run = run_folder(tmp_path, [10], diverged={"step": 12, "error": "diverged at step 12"})
+    run = run_folder(tmp_path, [10], {"event": "diverged", "step": 12, "error": "diverged"})
     running = trial_files({"status": "running", "run_dir": str(run)})
     assert trial_status(running, 10, 40) == "diverged"
     assert trial_status(trial_files({"status": "finished"}), 10, 40) == "finished"
@@ -78,7 +83,7 @@ def test_a_non_train_exception_is_an_error_with_its_message(tmp_path, monkeypatc
     the trial was recorded stopped_early with no error text."""
     from ray import tune
 
-    from trainables import ray_trainable
+    from trainables import ray_trainable, trial
     from trainables.gslrm.config import TrainerConfig, save_config
 
     trial_dir = tmp_path / "tune" / "trial_0"
@@ -88,7 +93,7 @@ def test_a_non_train_exception_is_an_error_with_its_message(tmp_path, monkeypatc
         get_trial_id=lambda: "abc_00000", get_trial_dir=lambda: str(trial_dir)
     )
     monkeypatch.setattr(tune, "get_context", lambda: context)
-    monkeypatch.setattr(ray_trainable, "make_trainer", lambda *args: FailingTrainer())
+    monkeypatch.setattr(trial, "make_trainer", lambda *args: FailingTrainer())
     settings = ray_trainable.TrialSettings(
         study="s", study_dir=str(tmp_path), tune_dir=str(tmp_path / "tune"), base_config=str(base)
     )
@@ -146,8 +151,15 @@ class ResumedAtTheEndTrainer:
         ]
         lines = [json.dumps(row) for row in rows] + ['{"step": 99, "val/ps']  # a torn last line
         (self.run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        result = {"steps_this_call": self.steps_this_call, "final_step": self.max_steps}
-        (self.run_dir / "train_result.json").write_text(json.dumps(result))
+        append_event(self.run_dir, "attempt_started", world_size=1, resumed_from_step=0)
+        append_event(
+            self.run_dir,
+            "trained",
+            final_step=self.max_steps,
+            steps_this_call=self.steps_this_call,
+            wall_s=1.0,
+            gpu_s=0.0,
+        )
 
 
 @pytest.mark.parametrize("steps_this_call", [0, 10])
@@ -162,7 +174,7 @@ def test_a_trial_resumed_at_its_last_step_reports_its_recorded_summary(
     reached Tune)."""
     from ray import tune
 
-    from trainables import ray_trainable
+    from trainables import ray_trainable, trial
     from trainables.gslrm.config import TrainerConfig, save_config
 
     base = tmp_path / "base.yaml"
@@ -184,7 +196,7 @@ def test_a_trial_resumed_at_its_last_step_reports_its_recorded_summary(
     monkeypatch.setattr(tune, "report", report)
     run_dir = tmp_path / "runs" / "abc_00000"
     monkeypatch.setattr(
-        ray_trainable,
+        trial,
         "make_trainer",
         lambda *args: ResumedAtTheEndTrainer(run_dir, max_steps, steps_this_call),
     )

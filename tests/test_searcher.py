@@ -4,13 +4,13 @@ values, PRUNED for a trial ASHA stopped, FAIL for a diverged one, and the user a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
 import pytest
 
 from search_spaces import define_by_run, get_space
+from trainables.journal import append_event
 
 pytest.importorskip("ray.tune.search.optuna")
 from study.searcher import StudySearcher  # noqa: E402 - needs Ray's Optuna integration
@@ -47,10 +47,11 @@ def result(step: int, psnr: float, iou: float) -> dict:
     }
 
 
-def finish_run_folder(study_dir: Path, trial_id: str, file: str, payload: dict) -> None:
+def finish_run_folder(study_dir: Path, trial_id: str, event: str, payload: dict) -> None:
+    """The trial's journal: one attempt that ended with `event` (trained, diverged)."""
     run = study_dir / "runs" / trial_id
-    run.mkdir(parents=True, exist_ok=True)
-    (run / file).write_text(json.dumps(payload))
+    append_event(run, "attempt_started", world_size=1, resumed_from_step=0)
+    append_event(run, event, **payload)
 
 
 def load(tmp_path: Path, name: str = "s") -> optuna.Study:
@@ -64,15 +65,15 @@ def test_single_objective_states_steps_and_attributes(tmp_path: Path) -> None:
     # finished: 4 rounds to max_steps, the loop's own result file
     for step in (10, 20, 30, 40):
         searcher.on_trial_result("done", result(step, 10.0 + step / 10, 0.5))
-    finish_run_folder(tmp_path, "done", "train_result.json", {"final_step": 40})
+    finish_run_folder(tmp_path, "done", "trained", {"final_step": 40})
     searcher.on_trial_complete("done", result(40, 14.0, 0.71))
-    # stopped by ASHA after 2 rounds: no train_result.json, last step 20 < 40. As Tune does,
+    # stopped by ASHA after 2 rounds: no trained event, last step 20 < 40. As Tune does,
     # the result that stops it goes to on_trial_complete only, never to on_trial_result.
     searcher.on_trial_result("stopped", result(10, 9.0, 0.2))
     searcher.on_trial_complete("stopped", result(20, 10.0, 0.2))
-    # diverged: the trainer's diverged.json wins over the error Tune reports
+    # diverged: the trainer's diverged event wins over the error Tune reports
     searcher.on_trial_result("diverged", result(10, 5.0, 0.1))
-    finish_run_folder(tmp_path, "diverged", "diverged.json", {"step": 13, "error": "nan loss"})
+    finish_run_folder(tmp_path, "diverged", "diverged", {"step": 13, "error": "nan loss"})
     searcher.on_trial_complete("diverged", None, error=True)
 
     study = load(tmp_path)
@@ -108,7 +109,7 @@ def test_multi_objective_names_directions_and_values(tmp_path: Path) -> None:
     searcher.suggest("b")
     for step in (10, 20, 30, 40):
         searcher.on_trial_result("a", result(step, step / 2, step / 100))
-    finish_run_folder(tmp_path, "a", "train_result.json", {"final_step": 40})
+    finish_run_folder(tmp_path, "a", "trained", {"final_step": 40})
     searcher.on_trial_complete("a", result(40, 20.0, 0.4))
     searcher.on_trial_result("b", result(10, 3.0, 0.05))
     searcher.on_trial_complete("b", result(10, 3.0, 0.05))  # stopped at step 10 of 40
@@ -132,7 +133,7 @@ def test_multi_objective_names_directions_and_values(tmp_path: Path) -> None:
 def test_finished_without_an_objective_value_is_a_failure(tmp_path: Path) -> None:
     searcher = make(tmp_path, ["val/psnr_fg", "val/mask_iou"])
     searcher.suggest("t")
-    finish_run_folder(tmp_path, "t", "train_result.json", {"final_step": 40})
+    finish_run_folder(tmp_path, "t", "trained", {"final_step": 40})
     searcher.on_trial_complete("t", {"step": 40, "val/psnr_fg": 12.0, "val/mask_iou": float("nan")})
     trial = load(tmp_path).trials[0]
     assert trial.state == State.FAIL and trial.user_attrs["final/val/mask_iou"] is None
@@ -143,7 +144,7 @@ def test_a_trial_recorded_before_a_driver_restart_is_left_as_recorded(tmp_path: 
     driver still sees the trial running and reports it again: Optuna's record stands."""
     searcher = make(tmp_path, ["val/psnr_fg"])
     searcher.suggest("t")
-    finish_run_folder(tmp_path, "t", "train_result.json", {"final_step": 40})
+    finish_run_folder(tmp_path, "t", "trained", {"final_step": 40})
     searcher.on_trial_complete("t", result(40, 14.0, 0.7))
     searcher._completed_trials.discard("t")  # the state the restored searcher was saved in
     searcher.on_trial_result("t", result(50, 1.0, 0.1))

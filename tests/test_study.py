@@ -320,6 +320,9 @@ def test_readme_sweep_trials_reach_optuna_and_tune_by_trainer_step(readme_sweep)
     assert {p.name for p in (study_dir / "runs").iterdir()} == set(trials["trial_id"])
     assert (trials["training.checkpointing.keep_last"] == 2).all()
     for folder in trial_folders(study_dir):
+        # metrics came from a Ray Train worker group: its journal and Train-reported checkpoints
+        trial_id = json.loads((folder / "result.json").read_text().splitlines()[0])["trial_id"]
+        assert (study_dir / "runs" / trial_id / "journal.jsonl").is_file()
         results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
         steps = [r["step"] for r in results]
         assert steps == [10, 20, 30, 40][: len(steps)] and steps
@@ -416,6 +419,10 @@ def test_asha_stops_a_trial_that_does_not_learn(tmp_path, dataset):
 
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert trials["flag_stopped_early"].sum() == 1
+    # what the stopped trial spent, from its journal (the span of its logged steps; no GPU
+    # time on CPU), not NaN as when only a finished trial's summary had it
+    stopped = trials[trials["flag_stopped_early"]].iloc[0]
+    assert stopped["wall_s"] > 0 and stopped["gpu_s"] == 0.0
 
 
 def test_linked_keys_follow_their_leader_inside_the_trial():

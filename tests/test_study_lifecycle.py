@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,7 +281,7 @@ def test_ctrl_c_then_copy_and_resume(tmp_path, dataset):  # noqa: F811
         p for p in run_dir.glob("wandb_logs/wandb/offline-run-*/run-*.wandb") if not p.is_symlink()
     ]
     found = [(str(p.relative_to(run_dir)), p.stat().st_size) for p in wandb_files]
-    assert len(wandb_files) == 1, (found, (run_dir / "attempts.jsonl").read_text())
+    assert len(wandb_files) == 1, (found, (run_dir / "journal.jsonl").read_text())
     wb = read_offline_run(wandb_files[0])
     assert wb.exited and wb.group == "mouse_loss_sweep" and wb.job_type == "trial", found
     assert any(tag.startswith("ssim_loss_weight=") for tag in wb.tags), wb.tags
@@ -360,7 +360,8 @@ def test_killed_trials_wandb_run_is_rebuilt_finished_from_its_run_folder(tmp_pat
     """A worker killed mid-fit (ASHA stop) leaves a header-only offline run; the driver writes
     it again from metrics.jsonl, finished, at trainer steps, with group, tags and max summary."""
     from trainables.gslrm.config import load_config, save_config
-    from trainables.ray_trainable import LOOP_ENDED_FILE, RUN_INFO_FILE, rebuild_wandb_run
+    from trainables.journal import TrialJournal, append_event
+    from trainables.ray_trainable import rebuild_wandb_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "runs" / "a1b2c_00001"
@@ -369,14 +370,16 @@ def test_killed_trials_wandb_run_is_rebuilt_finished_from_its_run_folder(tmp_pat
     (killed / "run-a1b2c_00001.wandb").write_bytes(b":W&B\xe1\xbe\x00")  # header only
     config = load_config(REPO / "configs" / "smoke.yaml", ["training.logging.wandb.mode=offline"])
     save_config(config, run_dir / "config.yaml")
-    (run_dir / RUN_INFO_FILE).write_text(
-        json.dumps(
-            {
-                "trial_id": "a1b2c_00001",
-                "study": "mouse_loss_sweep",
-                "wandb": {"group": "mouse_loss_sweep", "tags": ["lr=0.0004"], "job_type": "trial"},
-            }
-        )
+    append_event(  # the killed attempt's start: the journal's record of the trial
+        run_dir,
+        "attempt_started",
+        world_size=1,
+        resumed_from_step=0,
+        info={
+            "trial_id": "a1b2c_00001",
+            "study": "mouse_loss_sweep",
+            "wandb": {"group": "mouse_loss_sweep", "tags": ["lr=0.0004"], "job_type": "trial"},
+        },
     )
     lines = [
         {"step": 10, "train/loss": 0.5, "val/psnr_fg": 12.0},
@@ -398,7 +401,7 @@ def test_killed_trials_wandb_run_is_rebuilt_finished_from_its_run_folder(tmp_pat
     assert wb.exited and wb.group == "mouse_loss_sweep" and wb.job_type == "trial"
     assert wb.tags == ["lr=0.0004"] and wb.history_steps == [10, 20]
     assert wb.summary["val/psnr_fg"] == {"max": 12.0}
-    assert (run_dir / LOOP_ENDED_FILE).exists() and not rebuild_wandb_run(run_dir)
+    assert TrialJournal.read(run_dir).loop_ended and not rebuild_wandb_run(run_dir)
 
 
 @pytest.mark.parametrize(("first", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -4,7 +4,8 @@
 
 writes `<run>/eval/items.parquet` (one typed row per (item, view), columns ITEM_COLUMNS) and
 then `<run>/eval/protocol.json` (what makes two evaluations comparable), each atomically; the
-protocol file is written last, so its presence marks a complete evaluation.
+protocol file is written last, so its presence marks a complete evaluation, and the run's
+journal (`trainables.journal`) gets an `evaluated` event naming the checkpoint.
 
 The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
 - Items: the test split `evaluation.dataset_path`, else `data_test.txt` beside the training
@@ -13,8 +14,9 @@ The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
   scored on the same (item, camera) pairs: inputs are cameras 0..num_input_views-1 (role
   `input`), targets are every one of the num_views cameras (the others have role `novel`).
 - Checkpoint: `evaluation.checkpoint` = `last` (newest readable checkpoint) or `best` (the
-  kept checkpoint whose step has the best `evaluation.objective` in metrics.jsonl). When the
-  best validated step's checkpoint was pruned, the best kept one is used and the record says so.
+  kept checkpoint whose step has the best `evaluation.objective` in the run's journal, else in
+  metrics.jsonl for a run without one). When the best validated step's checkpoint was
+  pruned, the best kept one is used and the record says so.
 - Metrics: `metrics.item_view_metrics` (definitions and NaN cases there), METRICS_VERSION.
 - Record: `protocol.json` holds PROTOCOL_COMPARED_KEYS (two evaluations are comparable only
   where all of them agree; analysis.paired refuses the rest) plus the step, paths, timings and
@@ -55,6 +57,7 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.version import code_version
+from trainables.journal import TrialJournal, append_event, read_json_lines
 
 EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
@@ -113,23 +116,28 @@ def checkpoint_steps(folder: Path) -> dict[int, Path]:
 
 
 def validation_history(metrics_file: Path, objective: str) -> dict[int, float]:
-    """{step: finite objective value} from a trainer's metrics.jsonl (later lines win)."""
+    """{step: finite objective value} from a trainer's metrics.jsonl (later lines win).
+
+    Read through the journal's tolerant reader: a line torn by a killed writer is skipped, so
+    a resumed run whose log holds one is still evaluated (it used to raise at every round).
+    """
     history: dict[int, float] = {}
-    if not metrics_file.is_file():
-        return history
-    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise EvaluationError(
-                f"{metrics_file}:{number}: not a JSON line; the run's metrics log is damaged"
-            ) from None
-        value = record.get(objective)
-        if isinstance(value, int | float) and math.isfinite(value) and "step" in record:
-            history[int(record["step"])] = float(value)
+    for record in read_json_lines(metrics_file):
+        value, step = record.get(objective), record.get("step")
+        if isinstance(value, int | float) and math.isfinite(value) and isinstance(step, int):
+            history[step] = float(value)
     return history
+
+
+def run_validation_history(run_dir: Path, objective: str) -> dict[int, float]:
+    """{step: finite objective value} of a run: its journal's validation rounds (the record
+    the trainer's pruning spared the best of), else metrics.jsonl (a FaceLift run, or one
+    written before the journal)."""
+    curve = TrialJournal.read(run_dir).curve
+    if not curve:
+        return validation_history(Path(run_dir) / "metrics.jsonl", objective)
+    values = {step: metrics.get(objective, math.nan) for step, metrics in curve.items()}
+    return {step: value for step, value in values.items() if math.isfinite(value)}
 
 
 def choose_checkpoint(
@@ -154,13 +162,13 @@ def choose_checkpoint(
         return ChosenCheckpoint(readable[step], step, "last")
     if rule != "best":
         raise EvaluationError(f"checkpoint rule {rule!r}: must be best or last")
-    history = validation_history(run_dir / "metrics.jsonl", objective)
+    history = run_validation_history(run_dir, objective)
     sign = 1.0 if mode == "max" else -1.0
     scored = {step: value for step, value in history.items() if step in readable}
     if not scored:
         raise EvaluationError(
-            f"{run_dir}: no kept checkpoint has a {objective} value in metrics.jsonl, so the "
-            "`best` rule cannot choose; use evaluation.checkpoint=last"
+            f"{run_dir}: no kept checkpoint has a {objective} value in its journal or "
+            "metrics.jsonl, so the `best` rule cannot choose; use evaluation.checkpoint=last"
         )
     # ties go to the earliest step, so the choice does not depend on file order
     best_kept = min(scored, key=lambda s: (-sign * scored[s], s))
@@ -409,9 +417,24 @@ def evaluate_run(
     }
     target = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
     items_path, protocol_path = write_evaluation(target, table, protocol)
+    if out_dir is None:  # the run's own evaluation: its journal says which checkpoint
+        append_event(
+            run_dir,
+            "evaluated",
+            step=chosen.step,
+            path=run_relative(chosen.path, run_dir),
+            rule=chosen.rule,
+        )
     return EvalResult(
         items_path, protocol_path, protocol, table.num_rows, time.perf_counter() - start
     )
+
+
+def run_relative(path: Path, run_dir: Path) -> str:
+    """`path` relative to the run folder when inside it (the folder moves with its study),
+    as the trainer's `checkpointed` events name checkpoints; else absolute."""
+    path, run_dir = Path(path).resolve(), Path(run_dir).resolve()
+    return str(path.relative_to(run_dir) if path.is_relative_to(run_dir) else path)
 
 
 def evaluate_trial(

@@ -11,7 +11,10 @@ when one is due). W&B logs offline unless asked otherwise, beside a local `metri
 
 A caller such as the Ray Train adapter drives it through `Hooks` (see its docstring for who
 calls what, when). Checkpoints are written at validation rounds, atomically, and the newest
-one in `out_dir/checkpoints` is resumed automatically.
+one in `out_dir/checkpoints` is resumed automatically. Rank 0 keeps the run's journal
+(`out_dir/journal.jsonl`, see `trainables.journal`): attempt_started, validated,
+checkpointed, then trained, diverged or attempt_failed; pruning spares the checkpoint whose
+step the journal rates best.
 
 No per-step host sync beyond one: the loss terms are summed on the device and read at log
 steps, and the finite check reads one flag per step (all-reduced first under DDP, so every
@@ -36,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from trainables.gslrm.atomic import remove_stale_temps
 from trainables.gslrm.checkpoint import (
@@ -54,13 +57,15 @@ from trainables.gslrm.config import (
     save_config,
 )
 from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
-from trainables.gslrm.evaluate import checkpoint_steps, validation_history
+from trainables.gslrm.evaluate import checkpoint_steps
 from trainables.gslrm.losses import check_perceptual_available, compute_losses
 from trainables.gslrm.metrics import compute_metrics, mask_iou, per_view_psnr
 from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
+from trainables.gslrm.version import code_version
 from trainables.gslrm.visualize import save_validation_grid
+from trainables.journal import TrialJournal, append_event, append_line
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,6 +110,8 @@ class Hooks:
     - `wandb_run_name`: the W&B run name and id (main rank only).
     - `wandb_group`, `wandb_tags`, `wandb_job_type`: W&B's grouping of runs (e.g. a study's
       name, its searched values, "trial"); empty: none.
+    - `run_info`: what the caller records about the run in each `attempt_started` journal event
+      (e.g. the trial id, study and W&B grouping, for a driver that rebuilds a killed W&B run).
     """
 
     device: torch.device | None = None
@@ -118,6 +125,7 @@ class Hooks:
     wandb_group: str = ""
     wandb_tags: tuple[str, ...] = ()
     wandb_job_type: str = ""
+    run_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -418,16 +426,38 @@ class RunData:
         return len(self.train_loader)
 
 
+def distributed_sampler(
+    dataset: MultiViewDataset, config: TrainerConfig, hooks: Hooks
+) -> DistributedSampler | None:
+    """Under data parallelism (world_size > 1), this rank's share of each epoch, in an order
+    set by training.runtime.seed and the epoch (`batches` calls set_epoch); None for one rank.
+
+    Ours, not Ray's: Ray's prepare_data_loader installs a DistributedSampler seeded 0 when the
+    loader has none, so every seed replicate saw the same data order; it keeps one it finds.
+    """
+    if hooks.world_size <= 1:
+        return None
+    return DistributedSampler(
+        dataset,
+        num_replicas=hooks.world_size,
+        rank=hooks.rank,
+        shuffle=config.training.dataloader.shuffle,
+        seed=config.training.runtime.seed,
+    )
+
+
 def open_data(config: TrainerConfig, device: torch.device, hooks: Hooks) -> RunData:
     """Training loader (wrapped by hooks.wrap_loader) and, on the main rank, validation."""
     dl = config.training.dataloader
     train_set = MultiViewDataset(config.training.dataset.dataset_path, config)
     generator = torch.Generator()
+    sampler = distributed_sampler(train_set, config, hooks)
     train_loader = hooks.wrap_loader(
         DataLoader(
             train_set,
             batch_size=dl.batch_size_per_gpu,
-            shuffle=dl.shuffle,
+            shuffle=dl.shuffle if sampler is None else False,  # a sampler does its own
+            sampler=sampler,
             drop_last=len(train_set) >= dl.batch_size_per_gpu,
             num_workers=dl.num_workers,
             generator=generator,
@@ -516,14 +546,18 @@ def validation_round(
     device: torch.device,
     out_dir: Path,
     checkpoint_due: bool,
+    gpu_s: float = 0.0,
 ) -> tuple[dict[str, float], Path | None, Path | None]:
     """Main rank only: validation metrics, the picture (when configured) and the checkpoint
-    (when due, then older ones pruned). Returns (metrics, picture, checkpoint)."""
+    (when due, then older ones pruned, sparing the best). Each goes to the journal
+    (`validated` with this attempt's GPU seconds so far `gpu_s`, `checkpointed`).
+    Returns (metrics, picture, checkpoint)."""
     config = state.config
     picture = None
     if config.validation.save_pictures:
         picture = out_dir / "pictures" / f"val_{state.step:08d}.png"
     metrics = validate(state.plain_model, val_loader, config, device, state.autocast(), picture)
+    append_event(out_dir, "validated", step=state.step, metrics=metrics, gpu_s=gpu_s)
     checkpoint = None
     if checkpoint_due:
         ckpt_dir = out_dir / "checkpoints"
@@ -534,26 +568,24 @@ def validation_round(
             state.scheduler,
             state.step,
         )
-        best = best_checkpoint(ckpt_dir, out_dir / "metrics.jsonl", metrics, state.step, config)
-        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last, protect=[best])
+        relative = str(checkpoint.relative_to(out_dir))  # the run folder may move
+        append_event(out_dir, "checkpointed", step=state.step, path=relative)
+        best = best_checkpoint(ckpt_dir, TrialJournal.read(out_dir), config)
+        # None: no kept checkpoint has an objective value (e.g. val/lpips is never logged)
+        protect = [best] if best is not None else []
+        prune_checkpoints(ckpt_dir, config.training.checkpointing.keep_last, protect=protect)
     return metrics, picture, checkpoint
 
 
-def best_checkpoint(
-    ckpt_dir: Path, metrics_file: Path, metrics: dict[str, float], step: int, config: TrainerConfig
-) -> Path | None:
-    """The kept checkpoint with the best evaluation.objective so far (this round's `metrics`
-    count for `step`, not yet in metrics.jsonl): pruning spares it, so the `best` evaluation
-    rule finds the best checkpointed step, not just the best of the newest few."""
+def best_checkpoint(ckpt_dir: Path, journal: TrialJournal, config: TrainerConfig) -> Path | None:
+    """The kept checkpoint whose validated step has the best evaluation.objective in the
+    journal, or None when none has a finite value (the objective is never logged): pruning
+    spares it, so the `best` evaluation rule finds the best checkpointed step, not just the
+    best of the newest few."""
+    files = checkpoint_steps(ckpt_dir)
     objective, mode = config.evaluation.objective, config.evaluation.objective_mode
-    history = validation_history(metrics_file, objective)
-    if math.isfinite(metrics.get(objective, math.nan)):
-        history[step] = metrics[objective]
-    files = {s: p for s, p in checkpoint_steps(ckpt_dir).items() if s in history}
-    if not files:
-        return None
-    sign = 1.0 if mode == "max" else -1.0
-    return files[min(files, key=lambda s: (-sign * history[s], s))]
+    step = journal.best_step(objective, mode, among=files)
+    return files[step] if step is not None else None
 
 
 # W&B summary per metric name (W&B globs only a trailing "*"): quality metrics keep their
@@ -601,8 +633,8 @@ class MetricsLog:
     def log(self, record: dict[str, Any], step: int, picture: Path | None = None) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **record}) + "\n")
+        # newline-guarded: a line torn by a killed writer is not merged with this record
+        append_line(self.path, {"step": step, **record})
         if self.wandb_run is not None:
             payload = dict(record)
             if picture is not None and picture.is_file():
@@ -656,11 +688,21 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
     state.model = hooks.wrap_model(state.model)
     state.model.train()
 
+    start = time.perf_counter()
+    if hooks.is_main:  # before W&B starts: a driver rebuilding a killed run's W&B needs `info`
+        append_event(
+            out_dir,
+            "attempt_started",
+            world_size=hooks.world_size,
+            resumed_from_step=resumed_from,
+            seed=runtime.seed,
+            code_version=code_version(),
+            info=dict(hooks.run_info),
+        )
     log = MetricsLog(out_dir, config, hooks)
     window = LogWindow(device, state.distributed)
     last_metrics: dict[str, float] = {}
     last_ckpt_step = state.step
-    start = time.perf_counter()
     try:
         remaining = max(0, schedule.max_steps - state.step)
         for epoch, batch in itertools.islice(batches(data, state.step, runtime.seed), remaining):
@@ -677,16 +719,24 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
                 if hooks.is_main:
                     due = step - last_ckpt_step >= config.training.checkpointing.checkpoint_every
                     metrics, picture, checkpoint = validation_round(
-                        state, data.val_loader, device, out_dir, due or last
+                        state, data.val_loader, device, out_dir, due or last, window.gpu_s
                     )
                     log.log(metrics, step, picture)
                     last_metrics.update(metrics)
                     last_ckpt_step = step if checkpoint else last_ckpt_step
                 summary = {**last_metrics, "step": step, "epoch": epoch} if hooks.is_main else {}
                 hooks.report(summary, checkpoint)
+    except TrainingDiverged as exc:
+        if hooks.is_main:
+            append_event(out_dir, "diverged", step=exc.step, error=str(exc))
+        raise
+    except Exception as exc:
+        if hooks.is_main:
+            append_event(out_dir, "attempt_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        raise
     finally:
         log.close()
-    return TrainResult(
+    result = TrainResult(
         steps_this_call=state.step - resumed_from,
         final_step=state.step,
         wall_s=time.perf_counter() - start,
@@ -694,6 +744,16 @@ def train(config: TrainerConfig, out_dir: str | Path, hooks: Hooks | None = None
         last_metrics=last_metrics,
         resumed_from_step=resumed_from,
     )
+    if hooks.is_main:
+        append_event(
+            out_dir,
+            "trained",
+            final_step=result.final_step,
+            steps_this_call=result.steps_this_call,
+            wall_s=result.wall_s,
+            gpu_s=result.gpu_s,
+        )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
