@@ -158,3 +158,27 @@ LEVEL_FACTORS: tuple[LevelFactor, ...] = (
         name="alpha_loss", title="Silhouette loss weight", key="training.losses.alpha_loss_weight"
     ),
 )
+
+
+def _level_name(value: float) -> str:
+    return f"{value:g}"
+
+
+def level_pair_factor(factor: LevelFactor, low: float, high: float) -> Factor:
+    """Two levels of a multi-level factor as a two-level Factor (baseline `low`, treatment
+    `high`; trials at other levels are classified None and left out of its pairs), so the
+    item-level verdicts can compare e.g. 2 vs 3 input views like any other factor."""
+
+    def classify(value: Any) -> str | None:
+        level = factor.level(value)
+        return _level_name(level) if level in (low, high) else None
+
+    low_name, high_name = _level_name(low), _level_name(high)
+    return Factor(
+        name=f"{factor.name}_{low_name}_vs_{high_name}".replace(".", "p"),
+        title=f"{factor.title}: {low_name} vs {high_name}",
+        keys=(factor.key,),
+        baseline=Level(low_name, f"{factor.title} {low_name}"),
+        treatment=Level(high_name, f"{factor.title} {high_name}"),
+        classify=classify,
+    )

@@ -7,6 +7,7 @@ study that fixes the key (every trial at 5 input views) gets no table.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.compare import analysis_set
-from analysis.factors import LEVEL_FACTORS, LevelFactor
+from analysis.factors import LEVEL_FACTORS, Factor, LevelFactor, level_pair_factor
 from analysis.stats import Estimate, mean_ci
 from analysis.tables import final_column
 
@@ -59,3 +60,15 @@ def all_level_summaries(
 ) -> list[LevelSummary]:
     found = (summarise_levels(trials, f, metrics, objective) for f in LEVEL_FACTORS)
     return [summary for summary in found if summary is not None]
+
+
+def level_pair_factors(analysed: pd.DataFrame) -> list[Factor]:
+    """Adjacent levels of every multi-level factor among the analysed trials as two-level
+    factors (1 vs 2, 2 vs 3, ... input views): each asks whether one more step helps, the
+    question the reference fork's view-count table answers, and each is one confirmatory
+    question of the item-level Holm family."""
+    out = []
+    for factor in LEVEL_FACTORS:
+        distinct = sorted(set(trial_levels(analysed, factor).dropna()))
+        out += [level_pair_factor(factor, a, b) for a, b in itertools.pairwise(distinct)]
+    return out

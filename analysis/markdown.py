@@ -363,6 +363,31 @@ def evaluation_section(evaluation: paired.StudyEvaluation | None) -> str:
         f"views, one per factor ({len(evaluation.comparisons)} in the Holm family); every "
         "other metric, view role and camera is exploratory.",
     ]
+    if evaluation.shared_cameras is not None:
+        own = evaluation.own_views if evaluation.own_views is not None else pd.DataFrame()
+        metric = evaluation.primary[0]
+        lines += [
+            "",
+            "The trials differ in their input cameras, so levels are compared only on camera"
+            f"(s) {', '.join(map(str, evaluation.shared_cameras))}, a target of every trial "
+            "(a camera one level sees as input would reward copying it). Each input set's own "
+            f"views, described apart (mean `{metric}` over its trials; not compared: each row "
+            "is scored on different cameras):",
+            "",
+            table(
+                ["inputs (cameras)", "role", "trials", "item-views", f"mean `{metric}`"],
+                [
+                    [
+                        str(r["inputs"]),
+                        str(r["role"]),
+                        str(r["trials"]),
+                        str(r["item_views"]),
+                        _item_number(metric, float(r["mean"])),
+                    ]
+                    for _, r in own.iterrows()
+                ],
+            ),
+        ]
     if p.get("split") == "validation":
         lines += [
             "",
@@ -460,6 +485,14 @@ def factors_section(
     parts += [
         factor_section(c, plot_names[c.factor.name], by_factor.get(c.factor.name))
         for c in comparisons
+    ]
+    # item-level questions without a two-level seed table: adjacent levels of a multi-level
+    # factor (e.g. 2 vs 3 input views; their validation values are in the levels table)
+    seed_level = {c.factor.name for c in comparisons}
+    parts += [
+        f"### {items.factor.title} (`{items.factor.key}`)\n\n{item_level_section(items)}"
+        for name, items in by_factor.items()
+        if name not in seed_level
     ]
     return "\n\n".join(parts)
 

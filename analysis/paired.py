@@ -518,6 +518,65 @@ def gather_items(
     return items, protocols
 
 
+def shared_targets(items: pd.DataFrame) -> tuple[pd.DataFrame, tuple[int, ...] | None]:
+    """(the rows to compare, the shared target cameras, or None when nothing was dropped).
+
+    When every trial has the same input cameras (each camera has one role across the trials),
+    all rows are compared. Otherwise (e.g. view_count_ablation: 1..5 input views) levels are
+    compared on the cameras that are a target (`novel`) in every trial: a camera one level sees
+    as input would reward that level for copying it, and a camera not every level renders is
+    not a paired question. Each trial's own inputs are reported apart (`own_views`).
+    """
+    if items.empty:
+        return items, None
+    roles = items.groupby("camera", sort=True)["role"].agg(lambda r: frozenset(r))
+    if all(len(r) == 1 for r in roles):
+        return items, None
+    shared = tuple(int(c) for c, r in roles.items() if r == frozenset({"novel"}))
+    return items[items["camera"].isin(shared)], shared
+
+
+def input_label(cameras: Sequence[int]) -> str:
+    """'0-2' for cameras 0, 1, 2; '0, 3' for a gap; 'none' for no input."""
+    ordered = sorted(int(c) for c in cameras)
+    if not ordered:
+        return "none"
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 1:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
+OWN_VIEW_COLUMNS = ["inputs", "role", "trials", "item_views", "mean"]
+
+
+def own_views(items: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per set of input cameras and view role: the mean of `metric` over its trials' own item
+    views (each trial's mean first, then trials with equal weight). Descriptive, never compared
+    across sets: each row is scored on different cameras."""
+    if items.empty:
+        return pd.DataFrame(columns=OWN_VIEW_COLUMNS)
+    inputs = (
+        items[items["role"] == "input"]
+        .groupby("trial_id")["camera"]
+        .agg(lambda c: input_label(sorted(set(c))))
+    )
+    frame = items.assign(inputs=items["trial_id"].map(inputs).fillna("none"))
+    per_trial = frame.groupby(["inputs", "role", "trial_id"], sort=True)[metric].agg(
+        ["mean", "size"]
+    )
+    rows = [
+        {
+            "inputs": key[0],
+            "role": key[1],
+            "trials": len(group),
+            "item_views": int(group["size"].sum()),
+            "mean": float(group["mean"].mean()),
+        }
+        for key, group in per_trial.groupby(level=[0, 1], sort=True)
+    ]
+    return pd.DataFrame(rows, columns=OWN_VIEW_COLUMNS)
+
+
 @dataclass(frozen=True)
 class StudyEvaluation:
     """What the report says about a study's item-level evaluation."""
@@ -531,6 +590,10 @@ class StudyEvaluation:
     checkpoint_steps: Mapping[str, int] = field(default_factory=dict)
     primary: tuple[str, str] = (PRIMARY_METRIC, PRIMARY_ROLE)
     margin_source: str = "defaults"  # where the margins came from, for the report
+    # cameras compared when trials differ in their input cameras (shared_targets), else None
+    shared_cameras: tuple[int, ...] | None = None
+    # each input-camera set's own views, described apart (own_views); None when all agree
+    own_views: pd.DataFrame | None = None
 
 
 def study_question(record: Mapping[str, Any] | None) -> tuple[tuple[str, str], dict[str, float]]:
@@ -587,8 +650,23 @@ def evaluate_study(
         return StudyEvaluation(**base, refusal=str(exc))
     steps = {t: protocols[t].get("checkpoint_step") for t in evaluated}  # type: ignore[union-attr]
     chosen = analysed[analysed["trial_id"].astype(str).isin(evaluated)]
-    rows = items[items["trial_id"].isin(evaluated)]
+    evaluated_rows = items[items["trial_id"].isin(evaluated)]
+    rows, shared = shared_targets(evaluated_rows)
+    extra: dict[str, Any] = {}
+    if shared is not None:
+        extra = {"shared_cameras": shared, "own_views": own_views(evaluated_rows, primary[0])}
+        if not shared:
+            return StudyEvaluation(
+                **base,
+                **extra,
+                refusal="the trials' input cameras differ and no camera is a target of every "
+                "one of them, so no (item, view) is the same question for all",
+            )
     comparisons = compare_items(rows, chosen, factors, margins, primary=primary)
     return StudyEvaluation(
-        **base, protocol=protocol, comparisons=tuple(comparisons), checkpoint_steps=steps
+        **base,
+        **extra,
+        protocol=protocol,
+        comparisons=tuple(comparisons),
+        checkpoint_steps=steps,
     )

@@ -35,6 +35,7 @@ import pandas as pd
 from analysis import paired, verdicts
 from analysis.compare import analysis_set, per_seed_differences, reported_factors
 from analysis.factors import Factor
+from analysis.levels import level_pair_factors
 from analysis.load import NotAStudyError, read_study_info, read_trials
 from analysis.tables import build_trials
 
@@ -85,7 +86,9 @@ def item_spreads(
     except paired.ProtocolMismatch:
         return {}
     chosen = analysed[analysed["trial_id"].astype(str).isin(evaluated)]
-    rows = items[items["trial_id"].isin(evaluated)]
+    rows, shared = paired.shared_targets(items[items["trial_id"].isin(evaluated)])
+    if shared == ():
+        return {}
     out = {}
     for factor in factors:
         differences = paired.paired_item_differences(rows, chosen, factor, paired.COMPARED_METRICS)
@@ -174,7 +177,7 @@ def plan_study(
     study = read_study_info(Path(study_dir))
     trials = build_trials(study, read_trials(study.path))
     analysed = analysis_set(trials, study.objective)
-    factors = reported_factors(trials, study.objective)
+    factors = [*reported_factors(trials, study.objective), *level_pair_factors(analysed)]
     (metric, _), margins = paired.study_question(paired.read_study_record(study.path))
     if not detect and not equivalent:
         detect = equivalent = {metric: margins[metric]}

@@ -37,7 +37,7 @@ from analysis import markdown, paired, plots
 from analysis.compare import FactorComparison, analysis_set, compare_all
 from analysis.importance import parameter_importance
 from analysis.interactions import all_interactions
-from analysis.levels import all_level_summaries
+from analysis.levels import all_level_summaries, level_pair_factors
 from analysis.load import NotAStudyError, StudyInfo, read_study_info, read_trials
 from analysis.markdown import render_report
 from analysis.optuna_study import OptunaRecord, read_optuna, with_optuna_numbers
@@ -234,7 +234,10 @@ def build_report(
         items,
         protocols,
         analysis_set(trials, study.objective),
-        [c.factor for c in comparisons],
+        [
+            *(c.factor for c in comparisons),
+            *level_pair_factors(analysis_set(trials, study.objective)),
+        ],
         margins,
         study_record,
     )

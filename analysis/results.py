@@ -21,6 +21,7 @@ import pandas as pd
 
 from analysis import paired
 from analysis.compare import FactorComparison, analysis_set, compare_all, level_labels
+from analysis.levels import level_pair_factors
 from analysis.load import NotAStudyError, read_study_info, read_trials
 from analysis.markdown import evaluation_section, factors_section, table
 from analysis.report import add_item_flags, factor_plot_name
@@ -102,7 +103,10 @@ def study_section(study_dir: Path, pictures_root: Path, margins: dict[str, float
         items,
         protocols,
         analysis_set(trials, study.objective),
-        [c.factor for c in comparisons],
+        [
+            *(c.factor for c in comparisons),
+            *level_pair_factors(analysis_set(trials, study.objective)),
+        ],
         margins,
         study_record,
     )

@@ -88,7 +88,7 @@ def test_evaluation_writes_one_typed_row_per_item_and_view(tmp_path, data) -> No
     assert protocol["checkpoint_objective"] == "val/psnr_fg"
     assert protocol["metrics_version"] >= 1 and protocol["image_size"] == 32
     assert protocol["pred_mask_threshold"] == 0.1 and protocol["gt_alpha_threshold"] == 0.5
-    keys = zip(rows["item_id"], rows["camera"], rows["role"], strict=True)
+    keys = zip(rows["item_id"], rows["camera"], strict=True)
     assert protocol["item_set_hash"] == ev.item_set_hash(keys)
     assert set(PROTOCOL_COMPARED_KEYS) <= set(protocol)
     assert not list((run / "eval").glob("*.tmp"))

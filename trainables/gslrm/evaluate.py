@@ -13,6 +13,13 @@ The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
 - Views: always the rig order, whatever dataset type the run trained with, so every trial is
   scored on the same (item, camera) pairs: inputs are cameras 0..num_input_views-1 (role
   `input`), targets are every one of the num_views cameras (the others have role `novel`).
+  Validation uses the rig order too (`data.dataset.rig_order_config`), so the `best`
+  checkpoint is chosen on the task the test scores (issue 22, item 8).
+- Comparable across input-view counts: the item set (`item_set_hash`, over (item, camera))
+  and `view_order` do not depend on num_input_views; which cameras were inputs is recorded
+  apart (`input_cameras`, informational) and is in the rows' `role`. The analysis compares
+  trials with different inputs only on the cameras that are a target in every one of them
+  (analysis.paired.shared_targets) and reports each one's own inputs apart.
 - Checkpoint: `evaluation.checkpoint` = `last` (newest readable checkpoint) or `best` (the
   kept checkpoint whose step has the best `evaluation.objective` in the run's journal, else in
   metrics.jsonl for a run without one). When the best validated step's checkpoint was
@@ -50,7 +57,11 @@ from torch.utils.data import DataLoader
 
 from trainables.gslrm.checkpoint import CheckpointError, load_weights, read_checkpoint
 from trainables.gslrm.config import ConfigError, TrainerConfig, load_config
-from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
+from trainables.gslrm.data.dataset import (
+    MultiViewDataset,
+    rig_order_config,
+    validation_list_file,
+)
 from trainables.gslrm.data.reader import DataError
 from trainables.gslrm.metrics import ITEM_METRICS, METRICS_VERSION, item_view_metrics
 from trainables.gslrm.model import GSLRM
@@ -190,16 +201,21 @@ def evaluation_list_file(config: TrainerConfig) -> tuple[Path, str]:
 
 
 def evaluation_config(config: TrainerConfig) -> TrainerConfig:
-    """The run's config with the protocol's fixed view selection: rig order, every camera a target."""
+    """The run's config with the protocol's fixed view selection: rig order (the one
+    validation uses too), every camera a target."""
+    config = rig_order_config(config)
     dataset = dataclasses.replace(config.training.dataset, target_has_input=True)
     training = dataclasses.replace(config.training, dataset=dataset)
-    mouse = dataclasses.replace(config.mouse, use_mouse_dataset=True)
-    return dataclasses.replace(config, training=training, mouse=mouse)
+    return dataclasses.replace(config, training=training)
 
 
-def item_set_hash(keys: Iterable[tuple[str, int, str]]) -> str:
-    """sha256 over the sorted (item_id, camera, role) triples: equal iff the sets are equal."""
-    text = "".join(f"{item}\t{camera}\t{role}\n" for item, camera, role in sorted(set(keys)))
+def item_set_hash(keys: Iterable[tuple[str, int]]) -> str:
+    """sha256 over the sorted (item_id, camera) pairs: equal iff the scored sets are equal.
+
+    The role (input / novel) is left out on purpose: it depends on num_input_views, and two
+    view counts scored on the same items and cameras must be comparable on the cameras that
+    are a target in both (the rows keep the role for that)."""
+    text = "".join(f"{item}\t{camera}\n" for item, camera in sorted(set(keys)))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -390,7 +406,7 @@ def evaluate_run(
     columns = score_items(model, dataset, eval_config, device)
     render_s = time.perf_counter() - render_start
     table = items_table(columns)
-    keys = zip(columns["item_id"], columns["camera"].tolist(), columns["role"], strict=True)
+    keys = zip(columns["item_id"], columns["camera"].tolist(), strict=True)
     ds = config.training.dataset
     protocol = {
         "metrics_version": METRICS_VERSION,
@@ -401,7 +417,8 @@ def evaluate_run(
         "gt_alpha_threshold": ev.gt_alpha_threshold,
         "image_size": config.model.image_tokenizer.image_size,
         "background_color": ds.background_color,
-        "view_order": f"rig: inputs cameras 0-{ds.num_input_views - 1}, targets 0-{ds.num_views - 1}",
+        "view_order": f"rig: targets cameras 0-{ds.num_views - 1}",
+        "input_cameras": list(range(ds.num_input_views)),
         "checkpoint_step": chosen.step,
         "checkpoint_path": str(chosen.path),
         "checkpoint_objective_value": chosen.objective_value,

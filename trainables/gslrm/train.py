@@ -56,7 +56,11 @@ from trainables.gslrm.config import (
     load_config,
     save_config,
 )
-from trainables.gslrm.data.dataset import MultiViewDataset, validation_list_file
+from trainables.gslrm.data.dataset import (
+    MultiViewDataset,
+    rig_order_config,
+    validation_list_file,
+)
 from trainables.gslrm.evaluate import checkpoint_steps
 from trainables.gslrm.losses import check_perceptual_available, compute_losses
 from trainables.gslrm.metrics import compute_metrics, mask_iou, per_view_psnr
@@ -467,8 +471,11 @@ def open_data(config: TrainerConfig, device: torch.device, hooks: Hooks) -> RunD
     )
     val_loader = None
     if hooks.is_main:
+        # rig order whatever the training order: the same task as the held-out test
         val_set = MultiViewDataset(
-            validation_list_file(config), config, max_items=config.validation.max_items
+            validation_list_file(config),
+            rig_order_config(config),
+            max_items=config.validation.max_items,
         )
         val_loader = DataLoader(
             val_set,

@@ -14,6 +14,7 @@ in every DataLoader worker and after a resume; call `set_epoch` once per epoch.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,23 @@ class MultiViewDataset(Dataset):
         item["background"] = torch.from_numpy(self.background).float()
         item["sample_index"] = torch.tensor(index, dtype=torch.int64)
         return item
+
+
+def rig_order_config(config: TrainerConfig) -> TrainerConfig:
+    """The config with the rig's own view order (`mouse.use_mouse_dataset` true), all else kept.
+
+    Validation and the held-out test both use it, whatever dataset type a run trains with, so
+    the `best` checkpoint (and the search's objective) is chosen on the task the test scores:
+    a fixed rig, inputs cameras 0..num_input_views-1. Selecting a random-order arm on random
+    view orders and then testing it in rig order would select the two arms of the dataset-type
+    factor on different tasks (issue 22, item 8). Rig order, not random order, is the common
+    task because it is the deployed one (the 6-camera rig never moves) and the only order in
+    which every trial is scored on the same (item, camera) pairs, which paired test
+    comparisons need. The input/target roles (`target_has_input`, `num_input_views`) stay the
+    run's own: they define the task each view-count level is trained for.
+    """
+    mouse = dataclasses.replace(config.mouse, use_mouse_dataset=True)
+    return dataclasses.replace(config, mouse=mouse)
 
 
 def validation_list_file(config: TrainerConfig) -> Path:
