@@ -34,6 +34,7 @@ class MetricInfo:
 _KNOWN: dict[str, MetricInfo] = {
     "val/psnr": MetricInfo("PSNR", "dB", True, 2),
     "val/psnr_fg": MetricInfo("foreground PSNR", "dB", True, 2),
+    "val/psnr_union": MetricInfo("PSNR on the silhouette union", "dB", True, 2),
     "val/ssim": MetricInfo("SSIM", "", True, 3),
     "val/mask_iou": MetricInfo("mask IoU", "", True, 3),
     "train/mask_iou": MetricInfo("train mask IoU", "", True, 3),

@@ -53,12 +53,14 @@ def tiny_config(data: dict, *overrides: str):
 
 
 def make_run(root: Path, config, history: dict[int, float], kept: list[int]) -> Path:
-    """A run folder: config.yaml, metrics.jsonl with val/psnr_fg per step, checkpoints `kept`
+    """A run folder: config.yaml, metrics.jsonl with val/psnr_fg = val/psnr_union per step,
+    checkpoints `kept`
     (weights differ per step, so a wrong choice changes the scores)."""
     root.mkdir(parents=True)
     save_config(config, root / "config.yaml")
     lines = [
-        json.dumps({"step": s, "val/psnr_fg": v, "val/psnr": v + 10}) for s, v in history.items()
+        json.dumps({"step": s, "val/psnr_fg": v, "val/psnr_union": v, "val/psnr": v + 10})
+        for s, v in history.items()
     ]
     (root / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     for step in kept:
@@ -85,7 +87,7 @@ def test_evaluation_writes_one_typed_row_per_item_and_view(tmp_path, data) -> No
     assert protocol == result.protocol
     assert protocol["split"] == "test" and protocol["dataset_path"].endswith("data_test.txt")
     assert protocol["checkpoint_rule"] == "best" and protocol["checkpoint_step"] == 4
-    assert protocol["checkpoint_objective"] == "val/psnr_fg"
+    assert protocol["checkpoint_objective"] == "val/psnr_union"
     assert protocol["metrics_version"] >= 1 and protocol["image_size"] == 32
     assert protocol["pred_mask_threshold"] == 0.1 and protocol["gt_alpha_threshold"] == 0.5
     keys = zip(rows["item_id"], rows["camera"], strict=True)

@@ -13,7 +13,16 @@ from trainables.gslrm.metrics import compute_metrics, lpips_available, mask_iou,
 # pytorch_msssim warns when an image is smaller than its 11 px window (tiny test images)
 pytestmark = pytest.mark.filterwarnings("ignore:Skipping Gaussian Smoothing")
 
-BASE_KEYS = {"psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage", "ssim", "mask_iou"}
+BASE_KEYS = {
+    "psnr",
+    "psnr_fg",
+    "psnr_int",
+    "psnr_union",
+    "ssim_fg",
+    "coverage",
+    "ssim",
+    "mask_iou",
+}
 
 
 def test_psnr_from_mse() -> None:

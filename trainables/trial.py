@@ -57,7 +57,7 @@ class TrialSettings:
     linked: dict[str, str] = field(
         default_factory=dict
     )  # follower key -> key whose value it copies
-    objective: str = "val/psnr_fg"
+    objective: str = "val/psnr_union"  # a cover-all render cannot win it (gslrm/metrics.py)
     mode: str = "max"
     num_workers: int = 1
     use_gpu: bool = False

@@ -23,16 +23,31 @@ view, never pooled; FaceLift fork's "fair eval" names in brackets):
     psnr             -10 log10 mean_{pixels, channels} (r - t)^2           [PSNR_wh]
     psnr_fg          same mean over gt pixels only                         [PSNR_gt]
     psnr_int         same mean over gt AND pred pixels                     [PSNR_int]
+    psnr_union       same mean over gt OR pred pixels                      (ours)
     ssim_fg          SSIM map (window 11, sigma 1.5, valid) averaged over gt window centres
     mask_iou         |gt AND pred| / |gt OR pred|
     coverage         |gt AND pred| / |gt|
     pred_fg_fraction |pred| / (H W);  gt_fg_fraction |gt| / (H W)
 Undefined cases are NaN, never 0 or inf, and each has one reason:
     empty gt          -> psnr_fg, psnr_int, ssim_fg, coverage NaN (no foreground to score);
-                         mask_iou NaN too when pred is also empty (0 / 0), else 0
+                         mask_iou NaN too when pred is also empty (0 / 0), else 0;
+                         psnr_union NaN only when pred is empty too (else it scores pred)
     empty pred        -> psnr_int NaN (no shared pixels); mask_iou = coverage = 0
-    pred covers image -> all defined: coverage 1, mask_iou = gt_fg_fraction, psnr_int = psnr_fg
+    pred covers image -> all defined: coverage 1, mask_iou = gt_fg_fraction, psnr_int = psnr_fg,
+                         psnr_union = psnr (the whole image)
 A perfect render (MSE 0) is capped at 100 dB, as everywhere in this module.
+
+Why `psnr_union` is the default objective (issue 22, item 13). `psnr_fg` scores only the true
+silhouette, so a render that paints mouse colour over the whole image is never charged for the
+painted background and can win (two smoke-sweep trials at 16.1 dB had IoU 0.054: they covered
+everything); `psnr_int` (the fork's) has the same blind spot, since a cover-all prediction
+makes the intersection the whole true silhouette. Over the union of the true and the predicted
+silhouette, every pixel the model claims as mouse is scored, so painted background costs its
+full error, while a missed mouse pixel costs its error too (it is in the true silhouette). On
+a correct silhouette the union is the true one and `psnr_union` equals `psnr_fg`; on a
+cover-all render it is the whole-image PSNR of the painting. Pixels rendered within the
+predicted-mask threshold of the background are not in the union: their error is at most that
+threshold per channel, so a faint halo cannot hide a blob.
 """
 
 from __future__ import annotations
@@ -62,7 +77,7 @@ _lpips_models: dict[str, torch.nn.Module] = {}
 
 # Bump when a definition in item_view_metrics changes: evaluations with different versions
 # are never compared (the protocol record carries it).
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: psnr_union added
 # Default predicted-silhouette threshold of the evaluation (FaceLift's validation value).
 PRED_MASK_THRESHOLD = 0.1
 # The per-(item, view) metric names, in the column order of items.parquet.
@@ -70,6 +85,7 @@ ITEM_METRICS = (
     "psnr",
     "psnr_fg",
     "psnr_int",
+    "psnr_union",
     "ssim_fg",
     "mask_iou",
     "coverage",
@@ -236,7 +252,7 @@ def compute_metrics(
 
     render, target: [B, V, 3, H, W]; target_alpha: [B, V, 1, H, W];
     background: [3] or [B, 3]. The render is clamped to [0, 1].
-    Returns `psnr`, `psnr_fg`, `psnr_int`, `ssim_fg`, `coverage` (means over the views where
+    Returns `psnr`, `psnr_fg`, `psnr_int`, `psnr_union`, `ssim_fg`, `coverage` (means over the views where
     each is defined: the per-view values of item_view_metrics, so validation and the
     evaluation protocol share one definition; NaN when no view defines it), `ssim`
     (full-image), `mask_iou` (pooled over the batch's views) and `lpips` only when
@@ -251,7 +267,7 @@ def compute_metrics(
         per_view = item_view_metrics(render, target, target_alpha, background, mask_iou_threshold)
         metrics = {
             name: _view_mean(per_view[name])
-            for name in ("psnr", "psnr_fg", "psnr_int", "ssim_fg", "coverage")
+            for name in ("psnr", "psnr_fg", "psnr_int", "psnr_union", "ssim_fg", "coverage")
         }
         metrics["ssim"] = mean_ssim(render, target)
         metrics["mask_iou"] = float(mask_iou(render, target_alpha, background, mask_iou_threshold))
@@ -327,6 +343,7 @@ def item_view_metrics(
             "psnr": psnr_from_mse(sq_err.flatten(1).mean(dim=1)),
             "psnr_fg": _masked_psnr(sq_err, gt),
             "psnr_int": _masked_psnr(sq_err, gt & pred),
+            "psnr_union": _masked_psnr(sq_err, gt | pred),
             "ssim_fg": foreground_ssim(flat_r, flat_t, gt),
             "mask_iou": _ratio(inter, union),
             "coverage": _ratio(inter, n_gt),
