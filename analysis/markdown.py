@@ -257,10 +257,15 @@ def _camera_rows(items: paired.FactorItemComparison) -> list[list[str]]:
                 _item_interval(metric, float(row["ci_low"]), float(row["ci_high"])),
                 f"{int(row['seeds_won'])} of {int(row['n_seeds'])}",
                 row["verdict"],
-                str(int(row["n_items"])),
+                _items_cell(int(row["n_items"]), int(row.get("n_blocks", 0) or 0)),
             ]
         )
     return rows
+
+
+def _items_cell(n_items: int, n_blocks: int) -> str:
+    """'24' or, when items come in blocks of correlated ones, '24 (4 blocks)'."""
+    return f"{n_items} ({n_blocks} blocks)" if 0 < n_blocks < n_items else str(n_items)
 
 
 def item_level_section(items: paired.FactorItemComparison) -> str:

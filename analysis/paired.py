@@ -134,7 +134,7 @@ def _flag(column: str, metric: str) -> str:
 def paired_item_differences(
     items: pd.DataFrame, trials: pd.DataFrame, factor: Factor, metrics: Sequence[str]
 ) -> pd.DataFrame:
-    """One row per (pair group, item, camera, role): seed, group, each metric's treatment −
+    """One row per (pair group, item, camera, role): seed, group, block, each metric's treatment −
     baseline difference (mean over the group's trials of each level) and, per metric, whether
     the treatment / baseline arm had an undefined value scored at the floor
     (`undefined_treatment:<metric>`, `undefined_baseline:<metric>`; verdicts.score_undefined).
@@ -152,7 +152,7 @@ def paired_item_differences(
     )
     frame = frame[frame["level"].notna()]
     flags = [_flag(c, m) for m in metrics for c in UNDEFINED_COLUMNS]
-    empty = pd.DataFrame(columns=["group", "seed", *ITEM_KEYS, *metrics, *flags])
+    empty = pd.DataFrame(columns=["group", "seed", *ITEM_KEYS, "block", *metrics, *flags])
     joined = items.drop(columns=["seed"], errors="ignore").merge(frame, on="trial_id")
     keys = ["group", *ITEM_KEYS]
     joined, scored = verdicts.score_undefined(joined, metrics, keys)
@@ -175,7 +175,17 @@ def paired_item_differences(
     diff["seed"] = [
         seeds.get(g) if not pd.isna(seeds.get(g)) else f"group:{g}" for g in diff["group"]
     ]
-    return diff[["group", "seed", *ITEM_KEYS, *metrics, *flags]]
+    diff["block"] = diff["item_id"].map(item_blocks(items)).fillna(diff["item_id"])
+    return diff[["group", "seed", *ITEM_KEYS, "block", *metrics, *flags]]
+
+
+def item_blocks(items: pd.DataFrame) -> pd.Series:
+    """{item_id: block} of an item table; each item its own block when it has no `block`."""
+    if "block" not in items.columns:
+        ids = items["item_id"].drop_duplicates()
+        return pd.Series(ids.to_numpy(), index=ids.to_numpy())
+    pairs = items[["item_id", "block"]].drop_duplicates("item_id")
+    return pairs.set_index("item_id")["block"].astype(str)
 
 
 @dataclass(frozen=True)
@@ -226,9 +236,12 @@ def metric_verdict(part: pd.DataFrame, metric: str, margin: float) -> tuple[Verd
     values = part[metric].to_numpy(dtype=float)
     finite = np.isfinite(values)
     columns = {"seed": "seed", "item_id": "item_id", metric: metric}
+    if "block" in part.columns:
+        columns["block"] = "block"
     columns.update({_flag(c, metric): c for c in UNDEFINED_COLUMNS if _flag(c, metric) in part})
     view = part.loc[finite, list(columns)].rename(columns=columns)
-    return paired_verdict(view, metric, margin), int((~finite).sum())
+    block = "block" if "block" in view.columns else None
+    return paired_verdict(view, metric, margin, block=block), int((~finite).sum())
 
 
 def compare_factor_items(
@@ -265,6 +278,7 @@ def compare_factor_items(
                 "role": role,
                 "n_seeds": result.n_seeds,
                 "n_items": result.n_items,
+                "n_blocks": result.n_blocks,
                 "mean": result.estimate,
                 "ci_low": result.ci_low,
                 "ci_high": result.ci_high,
@@ -288,6 +302,7 @@ CAMERA_COLUMNS = [
     "role",
     "n_seeds",
     "n_items",
+    "n_blocks",
     "mean",
     "ci_low",
     "ci_high",
@@ -308,6 +323,8 @@ def _support(c: ItemComparison) -> str:
         f"{r.n_seeds} seed{'s' if r.n_seeds != 1 else ''} x {r.n_items} items "
         f"({r.n_rows} paired item-views)"
     )
+    if 0 < r.n_blocks < r.n_items:  # correlated items: say how few independent blocks there are
+        text += f"; the items form {r.n_blocks} blocks of correlated items"
     if r.undefined_treatment or r.undefined_baseline:
         floor = _amount(c.metric, verdicts.FLOORS[c.metric])
         text += (
@@ -470,6 +487,11 @@ ITEM_FILE_COLUMNS = (
 )
 
 
+# Read when present; an items.parquet written before blocks existed is read as every item its
+# own block (the independence it assumed).
+OPTIONAL_ITEM_COLUMNS = ("block",)
+
+
 def run_eval_dir(study_dir: Path, trial_id: str) -> Path:
     """Where the Ray adapter's trial run folder keeps its evaluation (runs/<trial>/eval)."""
     return Path(study_dir) / "runs" / str(trial_id) / EVAL_DIR
@@ -500,6 +522,8 @@ def gather_items(
                 f"trial {row['trial_id']}: {folder / ITEMS_FILE} lacks column {missing[0]}; "
                 "re-run `python -m analysis.evaluate` on its run folder"
             )
+        if "block" not in frame.columns:  # written before blocks: each item its own block
+            frame.insert(1, "block", frame["item_id"].astype(str))
         frame.insert(0, "seed", row.get("seed"))
         frame.insert(0, "trial_id", str(row["trial_id"]))
         frame.insert(0, "study", study)
@@ -507,6 +531,7 @@ def gather_items(
         protocols[str(row["trial_id"])] = _read_protocol(folder / PROTOCOL_FILE)
     if not frames:
         empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in ITEM_FILE_COLUMNS})
+        empty.insert(1, "block", pd.Series(dtype="str"))
         for column, dtype in (("item_id", "str"), ("role", "str"), ("item_index", "int32")):
             empty[column] = empty[column].astype(dtype)
         empty["camera"] = empty["camera"].astype("int16")

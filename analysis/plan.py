@@ -67,9 +67,22 @@ class Spread:
 
 
 def within_seed_variance(differences: pd.DataFrame, metric: str) -> float:
-    """Mean over seeds of var(item means) / items: the item part of a per-seed mean's variance."""
+    """Mean over seeds of var(block means) / blocks: the item part of a per-seed mean's variance.
+
+    Blocks of correlated items (a `block` column: one video or session, consecutive frames)
+    are the independent units: items of one block are averaged first, so a block of 30 nearly
+    equal frames counts once, not 30 times (which would shrink the item part about 30-fold).
+    Without a block column every item is its own block (the item-level formula). A seed with
+    a single block has no within-seed spread to estimate and is left out."""
     per_item = differences.groupby(["seed", "item_id"], sort=True)[metric].mean()
-    parts = [g.var(ddof=1) / len(g) for _, g in per_item.groupby(level=0) if len(g) > 1]
+    if "block" in differences.columns:
+        blocks = differences.drop_duplicates(["seed", "item_id"]).set_index(["seed", "item_id"])
+        keys = blocks.loc[per_item.index, "block"].to_numpy()
+    else:
+        keys = per_item.index.get_level_values("item_id").to_numpy()
+    seeds = per_item.index.get_level_values("seed").to_numpy()
+    per_block = per_item.groupby([seeds, keys], sort=True).mean()
+    parts = [g.var(ddof=1) / len(g) for _, g in per_block.groupby(level=0) if len(g) > 1]
     return float(np.mean(parts)) if parts else math.nan
 
 

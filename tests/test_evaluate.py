@@ -214,6 +214,7 @@ def test_analysis_evaluate_does_not_import_torch() -> None:
 def test_metric_nan_survives_the_parquet_round_trip(tmp_path) -> None:
     columns = {
         "item_id": ["a"],
+        "block": ["a"],
         "item_index": [0],
         "camera": [3],
         "role": ["novel"],
@@ -255,5 +256,43 @@ def test_analysis_compares_the_fields_the_evaluator_records() -> None:
     from analysis import paired
 
     assert paired.PROTOCOL_COMPARED_KEYS == PROTOCOL_COMPARED_KEYS
-    assert set(paired.ITEM_FILE_COLUMNS) == set(ev.ITEM_COLUMNS)
+    assert set(paired.ITEM_FILE_COLUMNS) | set(paired.OPTIONAL_ITEM_COLUMNS) == set(ev.ITEM_COLUMNS)
     assert set(paired.COMPARED_METRICS) <= set(ITEM_METRICS)
+
+
+def test_the_default_best_rule_does_not_pick_the_blob(tmp_path, data) -> None:
+    """Issue 22 item 13, the cpu-size run's pattern: psnr_fg peaks at the blobbier step 2
+    (19.76 dB) while psnr_union, which charges the painted background, is best at step 4."""
+    config = tiny_config(data)
+    run = make_run(tmp_path / "run", config, {}, kept=[2, 4])
+    lines = [
+        {"step": 2, "val/psnr_fg": 19.76, "val/psnr_union": 12.0, "val/mask_iou": 0.24},
+        {"step": 4, "val/psnr_fg": 18.9, "val/psnr_union": 17.5, "val/mask_iou": 0.30},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    chosen = ev.choose_checkpoint(run, "best")
+    assert (chosen.step, chosen.objective_value) == (4, 17.5)
+    assert ev.choose_checkpoint(run, "best", "val/psnr_fg").step == 2  # the old default
+    assert config.evaluation.objective == "val/psnr_union"
+
+
+def test_items_carry_the_block_of_the_list_sidecar(tmp_path, data) -> None:
+    """Issue 22 item 7: consecutive test frames in blocks of 2 -> blocks 0, 0, 1."""
+    from trainables.gslrm.data.reader import block_file
+
+    config = tiny_config(data, "evaluation.checkpoint=last")
+    run = make_run(tmp_path / "run", config, {2: 1.0}, kept=[2])
+    plain = ev.evaluate_run(run, config, out_dir=tmp_path / "plain")
+    rows = pq.read_table(plain.items_path).to_pandas()
+    assert (rows["block"] == rows["item_id"]).all() and plain.protocol["blocks"] is None
+    listed = tmp_path / "list" / "data_test.txt"
+    listed.parent.mkdir()
+    folders = [line for line in Path(data["test_list"]).read_text().splitlines() if line]
+    base = Path(data["test_list"]).parent
+    listed.write_text("".join(f"{(base / f).resolve()}\n" for f in folders))
+    block_file(listed).write_text("@consecutive\t2\n")
+    blocked = ev.evaluate_run(run, config, dataset_path=listed, out_dir=tmp_path / "blocked")
+    rows = pq.read_table(blocked.items_path).to_pandas()
+    assert rows.groupby("item_id")["block"].first().tolist() == ["0", "0", "1"]
+    assert blocked.protocol["blocks"] == "data_test.blocks.tsv"
+    assert blocked.protocol["n_blocks"] == 2

@@ -25,6 +25,10 @@ The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
   metrics.jsonl for a run without one). When the best validated step's checkpoint was
   pruned, the best kept one is used and the record says so.
 - Metrics: `metrics.item_view_metrics` (definitions and NaN cases there), METRICS_VERSION.
+- Blocks: items.parquet's `block` column says which items are correlated (one video or
+  session, consecutive frames), from the list's block sidecar (trainables/gslrm/data/reader.py,
+  BLOCKS_SUFFIX), else each item is its own block; the record names the sidecar
+  (`blocks`, informational) and counts them (`n_blocks`).
 - Record: `protocol.json` holds PROTOCOL_COMPARED_KEYS (two evaluations are comparable only
   where all of them agree; analysis.paired refuses the rest) plus the step, paths, timings and
   code version (informational: a code change that alters a metric bumps METRICS_VERSION).
@@ -62,7 +66,7 @@ from trainables.gslrm.data.dataset import (
     rig_order_config,
     validation_list_file,
 )
-from trainables.gslrm.data.reader import DataError
+from trainables.gslrm.data.reader import DataError, block_file
 from trainables.gslrm.metrics import ITEM_METRICS, METRICS_VERSION, item_view_metrics
 from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
@@ -81,6 +85,9 @@ _CKPT_NAME = re.compile(r"ckpt_(\d+)\.pt")
 ITEMS_SCHEMA = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
+        # correlated items share a block (a video / session, consecutive frames): the list's
+        # block sidecar, else the item id (reader.BLOCKS_SUFFIX)
+        pa.field("block", pa.string(), nullable=False),
         pa.field("item_index", pa.int32(), nullable=False),
         pa.field("camera", pa.int16(), nullable=False),
         pa.field("role", pa.string(), nullable=False),
@@ -281,9 +288,10 @@ def score_items(
             )
             cameras = batch["target_view_ids"].cpu().numpy()
             for b, index in enumerate(batch["sample_index"].cpu().tolist()):
-                item_id = dataset.sample(index).sample_id
+                item_id, block = dataset.sample(index).sample_id, dataset.block(index)
                 for v, camera in enumerate(cameras[b].tolist()):
                     columns["item_id"].append(item_id)
+                    columns["block"].append(block)
                     columns["item_index"].append(index)
                     columns["camera"].append(camera)
                     columns["role"].append("input" if camera < n_inputs else "novel")
@@ -426,6 +434,8 @@ def evaluate_run(
         "split": split,
         "dataset_path": str(list_file),
         "n_items": len(dataset),
+        "blocks": block_file(list_file).name if dataset.blocks is not None else None,
+        "n_blocks": len(set(columns["block"].tolist())),
         "n_rows": table.num_rows,
         "code_version": code_version(),
         "device": str(device),

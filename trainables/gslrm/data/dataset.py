@@ -29,6 +29,7 @@ from trainables.gslrm.data.reader import (
     composite,
     load_view,
     normalize_rig,
+    read_blocks,
     read_list_file,
     read_sample,
     scaled_intrinsics,
@@ -71,7 +72,11 @@ class MultiViewDataset(Dataset):
 
     def __init__(self, list_file: str | Path, config: TrainerConfig, max_items: int | None = None):
         self.list_file = Path(list_file)
-        self.folders = read_list_file(self.list_file)[:max_items]
+        listed = read_list_file(self.list_file)
+        # before max_items: consecutive blocks count from the top of the whole list
+        blocks = read_blocks(self.list_file, listed)
+        self.folders = listed[:max_items]
+        self.blocks = blocks[:max_items] if blocks is not None else None
         ds = config.training.dataset
         self.num_views, self.num_input_views = ds.num_views, ds.num_input_views
         # ds.remove_alpha changes nothing here: inputs and targets are always composited onto
@@ -103,6 +108,11 @@ class MultiViewDataset(Dataset):
                 )
             self._samples[index] = sample
         return self._samples[index]
+
+    def block(self, index: int) -> str:
+        """The item's block (correlated items share one): the list's sidecar says, else the
+        item is its own block (its sample id)."""
+        return self.blocks[index] if self.blocks is not None else self.sample(index).sample_id
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.sample(index)

@@ -92,6 +92,71 @@ def read_list_file(list_file: str | Path) -> list[Path]:
     return folders
 
 
+# Blocks of correlated items (issue 22, item 7). A list file stays FaceLift's (one sample folder
+# per line, which the reference trainer reads unchanged); the blocks live in a sidecar beside it,
+# `<list stem>.blocks.tsv` (data_test.txt -> data_test.blocks.tsv), either
+#     <sample folder, as the list writes it><TAB><block id>     one line per listed sample
+# or the one directive line
+#     @consecutive<TAB><B>     blocks of B consecutive list lines (video frames in list order)
+# '#' lines and blank lines are skipped. Without a sidecar every item is its own block.
+BLOCKS_SUFFIX = ".blocks.tsv"
+CONSECUTIVE = "@consecutive"
+
+
+def block_file(list_file: str | Path) -> Path:
+    """The block sidecar of a list file (it may not exist)."""
+    list_file = Path(list_file)
+    return list_file.with_name(list_file.stem + BLOCKS_SUFFIX)
+
+
+def consecutive_blocks(n_items: int, size: int) -> list[str]:
+    """Block ids of n_items list lines in blocks of `size` consecutive lines: '0', '0', ..."""
+    if size < 1:
+        raise DataError(f"{CONSECUTIVE}: block size must be >= 1, got {size}")
+    return [str(index // size) for index in range(n_items)]
+
+
+def parse_blocks(text: str, list_dir: Path, folders: list[Path], where: str) -> list[str]:
+    """The block id of each folder from a sidecar's text (see BLOCKS_SUFFIX); entries are
+    resolved against the list's folder as the list's are. Every listed folder needs exactly one
+    block, and no other folder may be named: a partial file would silently make the missing
+    items their own blocks, which is the independence the file exists to deny."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) == 1 and lines[0].split("\t")[0].strip() == CONSECUTIVE:
+        size = lines[0].split("\t")[1].strip() if "\t" in lines[0] else ""
+        if not size.isdigit():
+            raise DataError(f"{where}: expected '{CONSECUTIVE}<TAB><block size>', got {lines[0]!r}")
+        return consecutive_blocks(len(folders), int(size))
+    found: dict[Path, str] = {}
+    for number, line in enumerate(lines, 1):
+        entry, tab, block = line.rpartition("\t")
+        if not tab or not entry.strip() or not block.strip():
+            raise DataError(f"{where}: line {number}: expected '<sample folder><TAB><block id>'")
+        path = Path(entry.strip())
+        found[path if path.is_absolute() else list_dir / path] = block.strip()
+    missing = [f for f in folders if f not in found]
+    if missing:
+        raise DataError(
+            f"{where}: no block for listed sample {missing[0]} ({len(missing)} missing)"
+        )
+    unknown = sorted(set(found) - set(folders))
+    if unknown:
+        raise DataError(f"{where}: names {unknown[0]}, which the list file does not list")
+    return [found[f] for f in folders]
+
+
+def read_blocks(list_file: str | Path, folders: list[Path]) -> list[str] | None:
+    """Block id per listed folder from the list's sidecar, None when there is none."""
+    sidecar = block_file(list_file)
+    if not sidecar.is_file():
+        return None
+    try:
+        text = sidecar.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{sidecar}: cannot read block file: {exc}") from None
+    return parse_blocks(text, Path(list_file).parent, folders, str(sidecar))
+
+
 def _number(frame: dict, key: str, where: str, positive: bool = False) -> float:
     value = frame.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
