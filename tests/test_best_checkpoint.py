@@ -32,6 +32,7 @@ def test_best_checkpoint_uses_the_journal_among_kept_files(tmp_path: Path) -> No
     for step, psnr in ((10, 25.0), (20, 21.0), (30, 19.0)):
         append_event(tmp_path, "validated", step=step, metrics={"val/psnr_fg": psnr}, gpu_s=0.0)
     config = TrainerConfig()
+    config.evaluation.objective = "val/psnr_fg"  # the journal logs this one
     journal = TrialJournal.read(tmp_path)
     assert best_checkpoint(ckpts, journal, config) == ckpts / checkpoint_name(20)
     config.evaluation.objective_mode = "min"

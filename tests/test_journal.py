@@ -203,7 +203,8 @@ def test_the_best_rule_reads_the_journal_and_falls_back_to_metrics(
     monkeypatch.setattr(evaluate, "read_checkpoint", lambda path: None)
     lines = [{"step": 10, "val/psnr_fg": 30.0}, {"step": 20, "val/psnr_fg": 20.0}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert evaluate.choose_checkpoint(tmp_path, "best").step == 10
+    # the objective is named: the rule is what is tested, not the default objective
+    assert evaluate.choose_checkpoint(tmp_path, "best", "val/psnr_fg").step == 10
     for step, psnr in ((10, 18.0), (20, 21.0)):
         append_event(tmp_path, "validated", step=step, metrics={"val/psnr_fg": psnr}, gpu_s=0)
-    assert evaluate.choose_checkpoint(tmp_path, "best").step == 20
+    assert evaluate.choose_checkpoint(tmp_path, "best", "val/psnr_fg").step == 20

@@ -120,3 +120,18 @@ def test_validation_and_test_both_see_the_rig_order() -> None:
     assert rig_order_config(config).training.dataset == config.training.dataset
     test = evaluation_config(config)
     assert test.mouse.use_mouse_dataset is True and test.training.dataset.target_has_input
+
+
+def test_the_page_shows_the_shared_cameras_the_own_views_and_each_level_pair() -> None:
+    from analysis.markdown import evaluation_section, factors_section
+
+    items, trials = view_count_tables(levels=(2, 3))
+    protocols = {t: protocol(int(t[1])) for t in trials["trial_id"]}
+    evaluation = paired.evaluate_study(items, protocols, trials, level_pair_factors(trials))
+    page = evaluation_section(evaluation)
+    assert "compared only on camera(s) 3, 4, 5, a target of every trial" in page
+    assert "| 0-1 | input | 3 | 24 | 30.00 |" in page
+    assert "| 0-2 | novel | 3 | 36 | 23.55 |" in page
+    section = factors_section([], {}, evaluation)
+    assert "### Input views: 2 vs 3 (`training.dataset.num_input_views`)" in section
+    assert "Input views 3 beats 2 on foreground PSNR by 0.80 dB" in section

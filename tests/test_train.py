@@ -18,6 +18,7 @@ from trainables.gslrm.data.dataset import MultiViewDataset
 from trainables.gslrm.data.synthetic import generate_dataset
 from trainables.gslrm.model import GSLRM
 from trainables.gslrm.train import Hooks, TrainingDiverged, lr_factor, train, validate
+from trainables.journal import TrialJournal
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests that compare runs exactly pin the device and the renderer: on a GPU machine the loop
@@ -152,7 +153,10 @@ def test_run_folder_keeps_only_the_newest_checkpoints(tmp_path, data):
         Hooks(report=lambda metrics, checkpoint: reported.append(checkpoint.name)),
     )
     assert reported == [f"ckpt_{step:016d}.pt" for step in (1, 2, 3, 4)]  # every one was handed on
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == reported[-2:]
+    # the newest two, plus the best by the objective (pruning spares it, wherever it is)
+    best = TrialJournal.read(tmp_path / "run").best_step(config.evaluation.objective)
+    kept = sorted({*reported[-2:], f"ckpt_{best:016d}.pt"})
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == kept
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / reported[-1])["fwdbwd_pass_step"] == 4
 
 
