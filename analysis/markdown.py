@@ -484,9 +484,9 @@ def factors_section(
     evaluation: paired.StudyEvaluation | None = None,
 ) -> str:
     parts = ["## Factor comparisons"]
-    if not comparisons:
-        parts.append("No factor has both of its levels among trials with a final objective value.")
     by_factor = {c.factor.name: c for c in (evaluation.comparisons if evaluation else ())}
+    if not comparisons and not by_factor:
+        parts.append("No factor has both of its levels among trials with a final objective value.")
     parts += [
         factor_section(c, plot_names[c.factor.name], by_factor.get(c.factor.name))
         for c in comparisons
