@@ -66,6 +66,7 @@ from study.state import (
     check_not_moved,
     check_state_files,
     ended_trials,
+    failed_trials,
     restore_error,
 )
 from study.studies import SIZES, STUDIES, StudySpec, UnknownStudyError
@@ -160,6 +161,7 @@ def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float
         linked=dict(plan.spec.linked),
         objective=plan.spec.objective,
         mode=plan.spec.mode,
+        metrics=tuple(plan.spec.objectives or (plan.spec.objective,)),
         num_workers=workers,
         use_gpu=gpus > 0,
         cpus_per_worker=plan.cpus_per_worker,
@@ -397,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:  # (an interrupted trial's W&B run goes on when the study resumes)
             finish_killed_wandb_runs(study_dir)
-        errors = sum(1 for r in results if r.error is not None)
+        errors = sum(1 for r in results if r.error is not None) + failed_trials(tune_dir)
         print(
             f"[study] {plan.name}: {done} of {planned} trials finished in {wall:.0f} s "
             f"({errors} errored or diverged)",

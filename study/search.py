@@ -37,6 +37,7 @@ class Progress:
             def __init__(self) -> None:
                 self.best: tuple[float, str] | None = None
                 self.last_print = 0.0
+                self.failed: set[str] = set()  # trials whose last report says they failed
 
             def _line(self, trials: list, force: bool = False) -> None:
                 now = time.monotonic()
@@ -44,18 +45,24 @@ class Progress:
                     return
                 self.last_print = now
                 status = [t.status for t in trials]
+                failed = status.count("ERROR") + len(self.failed)
+                done = sum(
+                    t.status == "TERMINATED" and t.trial_id not in self.failed for t in trials
+                )
                 best = (
                     f"best {objective} {self.best[0]:.3f} ({self.best[1]})"
                     if self.best
                     else f"no {objective} yet"
                 )
                 print(
-                    f"[study] trials: {status.count('TERMINATED')} done, {status.count('RUNNING')} running, "
-                    f"{status.count('PENDING')} pending, {status.count('ERROR')} failed; {best}",
+                    f"[study] trials: {done} done, {status.count('RUNNING')} running, "
+                    f"{status.count('PENDING')} pending, {failed} failed; {best}",
                     flush=True,
                 )
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get("trial_status") in ("errored", "diverged"):
+                    self.failed.add(trial.trial_id)
                 value = result.get(objective)
                 if isinstance(value, int | float) and value == value:
                     better = self.best is None or (
@@ -131,7 +138,10 @@ def build_tuner(
             trainable,
             resume_unfinished=True,
             resume_errored=False,
-            restart_errored=False,
+            # Tune's ERROR is only ever a lost trial driver (a trial that diverged or failed in
+            # training ends normally, recorded by its journal), so each restarts: its Train run
+            # resumes from its last checkpoint
+            restart_errored=True,
         )
 
     config = plan.config
@@ -170,6 +180,9 @@ def build_tuner(
             storage_path=str(plan.study_dir),
             verbose=0,
             callbacks=[Progress(spec.objective, spec.mode)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            # Retries of a trial whose driver was lost (its node died): the retried trial's
+            # Train run resumes from its last checkpoint. Never a diverged or failed trial:
+            # those end without an error (trainables.trial.run_trial)
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         ),
     )
