@@ -1,22 +1,25 @@
 """`python -m study.run NAME`: run a named hyperparameter study on a local or remote Ray cluster.
 
 Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NAME):
-    study.json     what was run (study, objective, searched keys, resources, command)
+    study.json     what was run (study, objective, searched keys, resources, command) and the
+                   whole plan (`plan`: every flag, the concurrency decided), which --resume reloads
     optuna.db      Optuna storage for searched studies (open with `optuna-dashboard sqlite:///optuna.db`)
     tune-<id>/     Tune experiment state and one folder per trial (params, results, trial_summary.json);
                    the random id keeps Tune's local staging folders of studies started in the same
                    second on one cluster apart (Ray names them by experiment name and second)
     train/         Ray Train run state and the reported checkpoints (best by objective + latest),
                    hard links to the run's own files: one copy on disk
-    interrupted.json  only after Ctrl-C ended a run early (N of M trials); the report says partial
-    runs/<trial>/  the trainer's own files: metrics.jsonl, pictures, checkpoints, W&B offline run
+    interrupted.json  only after Ctrl-C / SIGTERM ended a run early (N of M trials); the report
+                   says partial
+    runs/<trial>/  journal.jsonl (the trial's fate) and the trainer's own files: metrics.jsonl,
+                   pictures, checkpoints, W&B offline run
     report/        trials.parquet, curves.parquet, report.md and plots
 
 Refused with exit 2 before Ray starts: a --gpus-per-trial / --workers-per-trial split that
 cannot train, a --resume of a moved or copied folder (its state holds the old absolute paths),
 an unreadable state file (named). Refused right after Ray starts: a trial the cluster can never
-place (warned once instead with --autoscaling). Ctrl-C: trials stop, the state is saved, exit 130
-with the --resume command to continue.
+place (warned once instead with --autoscaling). Ctrl-C or SIGTERM: trials stop, the state is
+saved, exit 130 / 143 with the --resume command to continue; a second signal aborts at once.
 """
 
 from __future__ import annotations
