@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from study.plan import REPO_ROOT, StudyError
 from study.resources import TrialRequest, alive_node_resources, check_trial_fits
@@ -63,11 +64,40 @@ def send_auth_token_if_available() -> None:
     """
     if "RAY_AUTH_MODE" in os.environ:
         return
-    token_file = Path(
+    if os.environ.get("RAY_AUTH_TOKEN") or auth_token_file().is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def auth_token_file() -> Path:
+    """Where Ray reads its auth token from: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    return Path(
         os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")
     ).expanduser()
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def dashboard_sign_in(dashboard_url: str) -> str:
+    """The start-up sentence saying how to get past the dashboard's token dialog.
+
+    A Ray 2.60 cluster with token authentication opens its dashboard on an "Authentication Token
+    Required" dialog over an empty page, and nothing else says which token. It is the cluster's
+    own: `ray get-auth-token` prints it from where Ray finds it (RAY_AUTH_TOKEN, else the file),
+    so the sentence names the command and the file. A dashboard on loopback is reached from a
+    laptop through an ssh tunnel, hence the tunnel line. Empty without a dashboard or without
+    authentication (RAY_AUTH_MODE=disabled, or a joined cluster and no token on this machine).
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN")) or auth_token_file().is_file()
+    if not dashboard_url or mode == "disabled" or (mode != "token" and not has_token):
+        return ""
+    where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(auth_token_file())
+    port = urlsplit(dashboard_url).port or 8265
+    host = urlsplit(dashboard_url).hostname or "127.0.0.1"
+    return (
+        f"sign in to the dashboard with Ray's auth token: `ray get-auth-token` prints it (from "
+        f'{where}); paste it into the "Authentication Token Required" dialog. From another '
+        f"machine: `ssh -L {port}:{host}:{port} {socket.gethostname()}`, then open "
+        f"http://localhost:{port}"
+    )
 
 
 # A local cluster's trial slots: trials reserve one instead of a CPU; how many run at once is
