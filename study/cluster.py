@@ -75,14 +75,15 @@ def auth_token_file() -> Path:
     ).expanduser()
 
 
-def dashboard_sign_in(dashboard_url: str) -> str:
+def dashboard_sign_in(dashboard_url: str, address: str | None = None) -> str:
     """The start-up sentence saying how to get past the dashboard's token dialog.
 
     A Ray 2.60 cluster with token authentication opens its dashboard on an "Authentication Token
-    Required" dialog over an empty page, and nothing else says which token. It is the cluster's
-    own: `ray get-auth-token` prints it from where Ray finds it (RAY_AUTH_TOKEN, else the file),
-    so the sentence names the command and the file. A dashboard on loopback is reached from a
-    laptop through an ssh tunnel, hence the tunnel line. Empty without a dashboard or without
+    Required" dialog over an empty page, and nothing the study printed said which token. It is
+    the cluster's own: `ray get-auth-token` prints it from where Ray finds it (RAY_AUTH_TOKEN,
+    else the file), so the sentence names the command and the file. The dashboard listens on the
+    head's loopback, so a laptop reaches it through an ssh tunnel to the head: the joined
+    cluster's `address` host, else this machine. Empty without a dashboard or without
     authentication (RAY_AUTH_MODE=disabled, or a joined cluster and no token on this machine).
     """
     mode = os.environ.get("RAY_AUTH_MODE")
@@ -90,13 +91,15 @@ def dashboard_sign_in(dashboard_url: str) -> str:
     if not dashboard_url or mode == "disabled" or (mode != "token" and not has_token):
         return ""
     where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(auth_token_file())
-    port = urlsplit(dashboard_url).port or 8265
-    host = urlsplit(dashboard_url).hostname or "127.0.0.1"
+    url = urlsplit(dashboard_url)
+    port, host = url.port or 8265, url.hostname or "127.0.0.1"
+    head = socket.gethostname()
+    if address and address != "auto":
+        head = address.split("://", 1)[-1].rpartition(":")[0] or head
     return (
         f"sign in to the dashboard with Ray's auth token: `ray get-auth-token` prints it (from "
         f'{where}); paste it into the "Authentication Token Required" dialog. From another '
-        f"machine: `ssh -L {port}:{host}:{port} {socket.gethostname()}`, then open "
-        f"http://localhost:{port}"
+        f"machine: `ssh -L {port}:{host}:{port} {head}`, then open http://localhost:{port}"
     )
 
 

@@ -29,6 +29,12 @@ def test_names_the_command_the_token_file_and_the_tunnel(token_file, monkeypatch
     assert "http://localhost:8271" in line
 
 
+def test_the_tunnel_goes_to_the_head_of_a_joined_cluster(token_file, monkeypatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    line = dashboard_sign_in("http://127.0.0.1:8265", address="10.0.0.5:6379")
+    assert "`ssh -L 8265:127.0.0.1:8265 10.0.0.5`" in line
+
+
 def test_a_token_in_the_environment_is_named_instead_of_the_file(token_file, monkeypatch) -> None:
     monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
     line = dashboard_sign_in("http://127.0.0.1:8265")
