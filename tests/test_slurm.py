@@ -9,6 +9,7 @@ packages and runs `pytest -m slurm`. Skipped, with the reason, where the daemons
    before the time limit): the script's trap forwards it to the driver, which saves and exits
    143, and so does the job; the same sbatch command submitted again passes --resume and
    finishes every trial.
+3. A SIGTERM while Ray is still starting: no driver, no study folder, Ray stopped, exit 143.
 """
 
 from __future__ import annotations
@@ -189,3 +190,22 @@ def test_preempted_job_saves_and_the_same_sbatch_resumes_it(slurm, data_args, tm
     assert not (study_dir / "interrupted.json").exists()
     trials = finished_trials(study_dir)
     assert len(trials) == 2 and all(t["status"] == "finished" for t in trials), trials
+
+
+def test_a_signal_while_ray_starts_skips_the_study_and_stops_ray(slurm, data_args, tmp_path):
+    """Pre-empted before the driver starts: no study is begun, Ray is stopped, exit 143."""
+    storage = tmp_path / "studies"
+    log = tmp_path / "job.out"
+    job = submit(slurm, job_env(slurm, tmp_path), log, study_args(storage, data_args))
+    # the script's first line is printed once its trap is in place; Ray takes seconds to start
+    deadline = time.monotonic() + 120
+    while "1 node(s)" not in read(log):
+        assert time.monotonic() < deadline, read(log)[-4000:]
+        time.sleep(0.2)
+    slurm.command("scancel", "--signal=TERM", "--batch", job)
+    exit_code = wait_job(slurm, job, log, timeout_s=300)
+    text = read(log)
+    assert exit_code == "143:0", text[-4000:]
+    assert "SIGTERM before the driver started" in text, text[-4000:]
+    assert "python -m study.run" not in text and "Ray stopped" in text, text[-4000:]
+    assert not (storage / "view_order_ablation").exists()
