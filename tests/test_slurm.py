@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,9 +43,11 @@ def slurm(tmp_path_factory):
         cluster.start()
     except SlurmUnavailable as exc:
         cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(f"Slurm daemons cannot start here: {exc}")
     yield cluster
     cluster.stop()
+    shutil.rmtree(folder, ignore_errors=True)  # the jobs' own output stays in tmp_path
 
 
 @pytest.fixture(scope="module")
