@@ -46,6 +46,7 @@ from study.cluster import (
     check_address,
     check_cluster_fits,
     cluster_nodes,
+    dashboard_sign_in,
     gpus_per_trial,
     ray_env,
     start_ray,
@@ -360,7 +361,12 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     try:
-        print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
+        print(
+            f"[study] {plan.name}: dashboard {dashboard or '(none: the cluster has no dashboard yet)'}",
+            flush=True,
+        )
+        if sign_in := dashboard_sign_in(dashboard, plan.address):
+            print(f"[study] {plan.name}: {sign_in}", flush=True)
         gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
         own = trial_resources(plan)
         request = trial_request(plan, own, gpus)
