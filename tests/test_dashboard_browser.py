@@ -28,7 +28,7 @@ import pytest
 from study.cluster import dashboard_sign_in
 from tests.test_study import REPO, study_env
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

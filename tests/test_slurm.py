@@ -29,7 +29,7 @@ from tests.slurm_cluster import SlurmCluster, SlurmUnavailable
 from tests.test_study import REPO, TINY, cluster_env, free_port, node_ports
 from trainables.gslrm.data.synthetic import generate_dataset
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SBATCH = REPO / "scripts" / "slurm" / "study.sbatch"
 
