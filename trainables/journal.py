@@ -14,7 +14,8 @@ Every line is an event {"event": NAME, "time": unix seconds, ...fields}. Writers
     attempt_failed       error (the loop raised anything else)      trainer, rank 0
     trained              final_step, steps_this_call, wall_s, gpu_s (the loop returned)
                                                                      trainer, rank 0
-    evaluated            step, path (the chosen checkpoint), rule   evaluator
+    evaluated            step, path (the chosen checkpoint), rule,  evaluator
+                         picture (eval/picture.png; null without one)
     evaluation_failed    error (the end-of-trial evaluation raised) Ray worker, rank 0
     wandb_rebuilt        (the driver rebuilt a killed run's W&B)    driver
 
