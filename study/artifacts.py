@@ -166,7 +166,7 @@ def catch_up_trial(
     study_dir: Path,
     study: optuna.Study,
     trial: FrozenTrial,
-    store: FileSystemArtifactStore,
+    storage: optuna.storages.BaseStorage,
     summary: PassSummary,
 ) -> None:
     """Upload one trial's pictures it lacks: onto the trial while Optuna still lets it be
@@ -175,14 +175,17 @@ def catch_up_trial(
     if not folder or not tune_id:
         return  # not a trial this project's searcher started
     uploads = picture_uploads(study_dir / folder)
+    if not uploads:
+        return
+    store = artifact_store(study_dir)
     if not trial.state.is_finished():
-        done = upload_missing(store, study._storage, trial, uploads)
+        done = upload_missing(store, storage, trial, uploads)
         if done:
             summary.on_trials[tune_id] = done
         return
-    on_trial = uploaded_names(trial, study._storage)
+    on_trial = uploaded_names(trial, storage)
     late = [Upload(f"{tune_id}_{u.name}", u.path) for u in uploads if u.name not in on_trial]
-    done = upload_missing(store, study._storage, study, late)
+    done = upload_missing(store, storage, study, late)
     if done:
         summary.on_study[tune_id] = done
 
@@ -195,11 +198,10 @@ def upload_study_pictures(study_dir: str | Path) -> PassSummary:
     if not (study_dir / OPTUNA_DB).is_file():
         return summary
     storage = study_storage(study_dir)
-    store = artifact_store(study_dir)
     for name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
         for trial in study.get_trials(deepcopy=False):
-            catch_up_trial(study_dir, study, trial, store, summary)
+            catch_up_trial(study_dir, study, trial, storage, summary)
     return summary
 
 
