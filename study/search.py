@@ -103,6 +103,7 @@ def make_searcher(plan: StudyPlan):
     """The study's StudySearcher (Optuna) over its space, objectives named in the storage."""
     import optuna
 
+    from study.artifacts import upload_trial_pictures
     from study.searcher import StudySearcher
 
     spec = plan.spec
@@ -115,6 +116,7 @@ def make_searcher(plan: StudyPlan):
         study_name=spec.name,
         study_dir=str(plan.study_dir),
         max_steps=plan.config.training.schedule.max_steps,
+        on_trial_end=upload_trial_pictures,  # trial pictures for optuna-dashboard
     )
 
 
@@ -128,6 +130,7 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from study.artifacts import picture_callbacks
     from study.scheduler import TrainerStepASHA, may_reuse_actors
 
     spec = plan.spec
@@ -179,7 +182,10 @@ def build_tuner(
             name=Path(settings.tune_dir).name,
             storage_path=str(plan.study_dir),
             verbose=0,
-            callbacks=[Progress(spec.objective, spec.mode)],
+            callbacks=[
+                Progress(spec.objective, spec.mode),
+                *picture_callbacks(spec.search, plan.study_dir),
+            ],
             # Retries of a trial whose driver was lost (its node died): the retried trial's
             # Train run resumes from its last checkpoint. Never a diverged or failed trial:
             # those end without an error (trainables.trial.run_trial)

@@ -16,7 +16,8 @@ Every line is an event {"event": NAME, "time": unix seconds, ...fields}. Writers
                                                                      trainer, rank 0
     training_failed      error (Ray Train gave up on the trial after its own restarts, or
                          the trial could not start)                 Tune trial (driver side)
-    evaluated            step, path (the chosen checkpoint), rule   evaluator
+    evaluated            step, path (the chosen checkpoint), rule,  evaluator
+                         picture (eval/picture.png; null without one)
     evaluation_failed    error (the end-of-trial evaluation raised) Ray worker, rank 0
     wandb_rebuilt        (the driver rebuilt a killed run's W&B)    driver
 
