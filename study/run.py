@@ -3,7 +3,9 @@
 Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NAME):
     study.json     what was run (study, objective, searched keys, resources, command) and the
                    whole plan (`plan`: every flag, the concurrency decided), which --resume reloads
-    optuna.db      Optuna storage for searched studies (open with `optuna-dashboard sqlite:///optuna.db`)
+    optuna.db      Optuna storage for searched studies (open with
+                   `optuna-dashboard sqlite:///optuna.db --artifact-dir artifacts`)
+    artifacts/     the trials' pictures as Optuna artifacts (study.artifacts)
     tune-<id>/     Tune experiment state and one folder per trial (params, results, trial_summary.json);
                    the random id keeps Tune's local staging folders of studies started in the same
                    second on one cluster apart (Ray names them by experiment name and second)
