@@ -270,3 +270,60 @@ def look_record(look: Look) -> dict:
 
 def _json_float(value: float) -> float | str:
     return round(value, 6) if math.isfinite(value) else str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# the report's section
+
+
+def report_section(record: Mapping | None) -> str | None:
+    """ "Sequential design": the stopping rule, why the study stopped, and every look; None for
+    a study not run with --until-decided (study.json without a `sequential` entry)."""
+    entry = record.get("sequential") if isinstance(record, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return None
+    looks_ = [look for look in entry.get("looks") or [] if isinstance(look, Mapping)]
+    stopped = entry.get("stopped")
+    state = {
+        "decided": "stopped: every factor decided",
+        "max seeds": "stopped at the maximum number of seeds, not every factor decided",
+    }.get(str(stopped), "still running or interrupted: no stop yet")
+    seeds = entry.get("seeds") or []
+    lines = [
+        "## Sequential design (--until-decided)",
+        "",
+        f"Stopping rule: {entry.get('rule', '?')}. Confirmatory metric: "
+        f"{entry.get('metric', '?')} ({entry.get('split', '?')}), equivalence margin "
+        f"±{entry.get('margin', '?')}; first look at {entry.get('first_look', '?')} seeds, at "
+        f"most {entry.get('max_seeds', '?')} seeds. Seeds run: {len(seeds)} "
+        f"({', '.join(str(s) for s in seeds)}); {state}. The verdicts in this table carry the "
+        "sequential procedure's error rates (alpha spent across looks). The held-out (test) "
+        "verdicts elsewhere in this report are fixed-n verdicts at the final seed count: the "
+        "stop depended on validation results that correlate with them, so their nominal rates "
+        "hold only approximately.",
+    ]
+    if entry.get("floored_trials"):
+        lines.append(
+            f"Trials scored at the metric's floor (no value): {len(entry['floored_trials'])}."
+        )
+    if not looks_:
+        lines += ["", "No look yet (the first seeds are still running)."]
+        return "\n".join(lines)
+    names = list(dict.fromkeys(n for look in looks_ for n in (look.get("verdicts") or {})))
+    header = "| seeds | " + " | ".join(names) + " | decided |"
+    rows = [header, "|---" * (len(names) + 2) + "|"]
+    for look in looks_:
+        verdicts = look.get("verdicts") or {}
+        cells = []
+        for name in names:
+            v = verdicts.get(name) or {}
+            d, t, bound = v.get("estimate"), v.get("t"), v.get("bound")
+            numbers = all(isinstance(x, int | float) for x in (d, t, bound))
+            detail = f" (d {d:+.2f}, t {t:.2f} vs ±{bound:.2f})" if numbers and bound > 0 else ""
+            cells.append(f"{v.get('verdict', '?')}{detail}")
+        rows.append(
+            f"| {look.get('seeds')} | "
+            + " | ".join(cells)
+            + f" | {'yes' if look.get('decided') else 'no'} |"
+        )
+    return "\n".join([*lines, "", *rows])

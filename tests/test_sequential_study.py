@@ -179,3 +179,21 @@ def test_make_sequential_searcher_from_a_plan(tmp_path):
     assert len(searcher.cells) == 4 and searcher.seeds == [0, 1, 2]
     assert set(searcher.design.margins) == {MASK, BG}
     assert searcher.design.looks == tuple(range(3, 11))
+
+
+def test_report_section_states_the_rule_and_every_look(tmp_path):
+    from analysis.sequential import report_section
+
+    searcher = make_searcher(tmp_path, max_seeds=4)
+    (tmp_path / "study.json").write_text(
+        json.dumps({"sequential": {"rule": "RULE TEXT", "max_seeds": 4, "seeds": [0, 1, 2]}})
+    )
+    ids: list[str] = []
+    for _ in range(2):
+        run_seed(searcher, {0: 2.0, 1: -2.0, 2: 1.0, 3: -1.0}.get, lambda s: 0.0, ids)
+    record = json.loads((tmp_path / "study.json").read_text())
+    text = report_section(record)
+    assert "RULE TEXT" in text and "at most 4 seeds" in text
+    assert "maximum number of seeds" in text
+    assert "| 3 | inconclusive" in text and "| 4 | inconclusive" in text
+    assert report_section({"study": "plain grid"}) is None
