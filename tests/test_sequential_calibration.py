@@ -31,7 +31,7 @@ def null_means(seed_sd: float, item_sd: float, design: str, seed: int = 0) -> np
     return means - truth[:, None]  # a zero effect on the scored test set
 
 
-@pytest.mark.parametrize("design", ["crossed", "nested"])
+@pytest.mark.parametrize("design", ["crossed", "nested", "blocked"])
 @pytest.mark.parametrize(("seed_sd", "item_sd"), RATIOS)
 def test_sequential_error_rates(seed_sd, item_sd, design):
     null = null_means(seed_sd, item_sd, design)
