@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +73,7 @@ class SeedSearcher(Searcher):
         self.design = Design(
             first=len(first_seeds), last=self.max_seeds, margins=dict.fromkeys(names, margin)
         )
-        # state (plain data: pickled by save, restored by restore)
+        # state (plain data: saved as JSON by save, read back by restore)
         self.seeds: list[int] = list(first_seeds)
         self.queue: list[tuple[int, int]] = [
             (i, s) for s in first_seeds for i in range(len(self.cells))
@@ -114,19 +113,37 @@ class SeedSearcher(Searcher):
         self._maybe_look()
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self._state(), handle)
+        # JSON, not pickle: the state is plain data, and reading a study folder must never
+        # run code (tests/test_safety.py)
+        with open(checkpoint_path, "w", encoding="utf-8") as handle:
+            json.dump(self._state(), handle)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        with open(checkpoint_path, encoding="utf-8") as handle:
+            self._set_state(json.load(handle))
 
     # --- the sequence
 
-    _STATE = ("seeds", "queue", "trials", "values", "floored", "finished", "stopped")
-
     def _state(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._STATE}
+        """The searcher's progress as JSON data (tuples as lists, keys as strings)."""
+        return {
+            "seeds": list(self.seeds),
+            "queue": [list(item) for item in self.queue],
+            "trials": {trial: list(key) for trial, key in self.trials.items()},
+            "values": [[cell, seed, value] for (cell, seed), value in self.values.items()],
+            "floored": list(self.floored),
+            "finished": self.finished,
+            "stopped": self.stopped,
+        }
+
+    def _set_state(self, state: Mapping[str, Any]) -> None:
+        self.seeds = [int(s) for s in state["seeds"]]
+        self.queue = [(int(cell), int(seed)) for cell, seed in state["queue"]]
+        self.trials = {str(t): (int(c), int(s)) for t, (c, s) in state["trials"].items()}
+        self.values = {(int(c), int(s)): float(v) for c, s, v in state["values"]}
+        self.floored = [str(t) for t in state["floored"]]
+        self.finished = bool(state["finished"])
+        self.stopped = state["stopped"]
 
     def complete(self) -> bool:
         """Every cell of every proposed seed has a value."""
