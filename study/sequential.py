@@ -23,9 +23,9 @@ are then the study's results and its validation table the steering record. A tri
 diverged or failed with no value scores the metric's floor (analysis.verdicts.FLOORS: a
 collapse is the failure under study, as the report scores it) and is counted per look.
 
-Resume. The searcher's state (trial -> cell and seed, values, proposed seeds, queue, looks)
-is plain data that Tune has the searcher save (JSON) into the experiment folder beside its own state at each
-checkpoint (Searcher.save / restore), so `--resume` continues the sequence: trials Tune
+Resume. The searcher's state (trial -> cell and seed, values, proposed seeds, queue) is plain
+data that Tune has it save (as JSON: Searcher.save / restore) into the experiment folder
+beside Tune's own state at each checkpoint, so `--resume` continues the sequence: trials Tune
 restarts report to the restored searcher as before. The looks are a pure function of the
 per-seed values (analysis.sequential.replay), so they are recomputed, never trusted from disk.
 
