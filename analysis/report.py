@@ -51,6 +51,7 @@ from analysis.pareto import (
     pareto_front,
     reference_point,
 )
+from analysis.sequential import report_section as sequential_report_section
 from analysis.tables import (
     CURVES_DESCRIPTION,
     TRIALS_DESCRIPTION,
@@ -204,6 +205,10 @@ def build_extras(
 ) -> Extras:
     """Compute line, multi-level factors, interactions, Pareto front and tuning curves."""
     extras = Extras()
+    # --until-decided studies: the stopping rule and the looks (analysis/sequential.py)
+    looks = sequential_report_section(paired.read_study_record(study.path))
+    if looks:
+        extras.after_header.append(looks)
     column, unit = compute_column(trials)
     extras.after_header.append(
         markdown.compute_line(compute_summary(trials, study.max_steps, column), unit)

@@ -44,6 +44,7 @@ from typing import Any
 
 from analysis.load import read_json_object
 from search_spaces import SearchSpaceError
+from study import sequential
 from study.cluster import (
     check_address,
     check_cluster_fits,
@@ -187,6 +188,8 @@ def planned_trials(plan: StudyPlan) -> int:
     """Trials the study runs in all: num_samples for a search, grid cells x repeats for a grid."""
     if plan.spec.search == "optuna":
         return plan.num_samples
+    if plan.until_decided:
+        return sequential.trial_cap(plan)  # at most: the study may stop at an earlier look
     cells = 1
     for key, values in plan.spec.grid.items():
         seeds = plan.grid_seeds if key == "training.runtime.seed" and plan.grid_seeds else None
@@ -329,6 +332,7 @@ def stored_concurrency(study_dir: Path) -> int | None:
 def run(args: argparse.Namespace) -> int:
     # --- checks that write nothing: bad input leaves the storage folder as it was (or absent)
     plan = make_plan(args)
+    sequential.check_plan(plan)  # --until-decided: a grid study over seeds (writes nothing)
     if plan.gpus_per_trial is not None:
         gpus_per_worker(plan.workers_per_trial, plan.gpus_per_trial)  # a bad split, before Ray
     study_dir = plan.study_dir
@@ -384,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         if not restore:
             record = study_record(plan, overrides, gpus, tune_dir)
             record["plan"]["concurrency"] = concurrency
+            record.update(sequential.initial_record(plan))  # --until-decided: rule, margins
             write_json_atomic(study_dir / "study.json", record)
         (study_dir / INTERRUPTED_FILE).unlink(missing_ok=True)
         try:
@@ -515,6 +520,27 @@ def parser() -> argparse.ArgumentParser:
         "--seeds",
         type=parse_seeds,
         help="grid studies: comma-separated seeds to run instead of the study's (e.g. 0,1)",
+    )
+    p.add_argument(
+        "--until-decided",
+        action="store_true",
+        default=None,  # None: not given (a --resume takes the stored plan's)
+        help="grid studies: add seeds (one trial per grid cell per seed) until every factor's "
+        "confirmatory verdict is better, worse or equivalent (group-sequential, error rates "
+        "kept across looks; study/sequential.py), or --max-seeds is reached",
+    )
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        help="--until-decided: stop at this many seeds, decided or not (default 10)",
+    )
+    p.add_argument(
+        "--margin",
+        dest="margin_args",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="--until-decided: the equivalence margin of a metric, e.g. psnr_fg=0.5 (default "
+        "analysis.verdicts.DEFAULT_MARGINS); recorded in study.json before the study runs",
     )
     p.add_argument(
         "--sampler-seed",

@@ -158,9 +158,14 @@ def build_tuner(
         )
     else:
         scheduler = FIFOScheduler()
-    search_alg, param_space = None, {}
+    search_alg, param_space, num_samples = None, {}, plan.num_samples
     if spec.search == "optuna":
         search_alg = make_searcher(plan)
+    elif plan.until_decided:  # seeds added look by look (study/sequential.py)
+        from study.seed_searcher import make_sequential_searcher
+        from study.sequential import trial_cap
+
+        search_alg, num_samples = make_sequential_searcher(plan), trial_cap(plan)
     else:
         param_space = grid_param_space(spec, plan.grid_seeds)
     return tune.Tuner(
@@ -171,7 +176,7 @@ def build_tuner(
             mode=spec.mode,
             search_alg=search_alg,
             scheduler=scheduler,
-            num_samples=plan.num_samples,
+            num_samples=num_samples,
             max_concurrent_trials=concurrency,
             # A trial that ended by itself leaves its actor to the next (a process start saved
             # per trial); never under ASHA, whose stopped trials must take their actor down
