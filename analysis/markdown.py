@@ -48,6 +48,17 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def pictures_cell(row: pd.Series) -> str:
+    """Links from report/report.md to the trial's last validation picture and its evaluation
+    picture (columns validation_picture / eval_picture, relative to the study folder)."""
+    links = [
+        f"[{label}](../{row[column]})"
+        for label, column in (("validation", "validation_picture"), ("evaluation", "eval_picture"))
+        if isinstance(row.get(column), str) and row[column]
+    ]
+    return ", ".join(links) or EMPTY_CELL
+
+
 def _number(metric: str, value: float) -> str:
     return cell(float(value), metric_info(metric).decimals)
 
@@ -123,7 +134,7 @@ def best_trials_section(study: StudyInfo, trials: pd.DataFrame) -> str:
     keys = shown_keys(study, trials)
     extra = [m for m in ("val/psnr_fg", "val/mask_iou") if m != study.objective]
     headers = ["rank", "trial", "status", f"final {study.objective}", f"best {study.objective}"]
-    headers += [f"final {m}" for m in extra] + ["steps", *[f"`{k}`" for k in keys]]
+    headers += [f"final {m}" for m in extra] + ["steps", "pictures", *[f"`{k}`" for k in keys]]
     rows = []
     for rank, (_, row) in enumerate(best.iterrows(), start=1):
         rows.append(
@@ -135,6 +146,7 @@ def best_trials_section(study: StudyInfo, trials: pd.DataFrame) -> str:
                 _number(study.objective, row[best_column(study.objective)]),
                 *[_number(m, row[final_column(m)]) for m in extra],
                 cell(row["steps_run"]),
+                pictures_cell(row),
                 *[cell(row[k]) for k in keys],
             ]
         )
@@ -531,7 +543,13 @@ def _flag_rows(trials: pd.DataFrame, max_steps: int | None) -> list[list[str]]:
             details.append(cell(row["error"]))
         if flags:
             rows.append(
-                [f"`{row['trial_id']}`", row["status"], ", ".join(flags), "; ".join(details)]
+                [
+                    f"`{row['trial_id']}`",
+                    row["status"],
+                    ", ".join(flags),
+                    "; ".join(details),
+                    pictures_cell(row),
+                ]
             )
     return rows
 
@@ -551,7 +569,7 @@ def flags_section(trials: pd.DataFrame, max_steps: int | None) -> str:
     }
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
     return "\n\n".join(
-        ["## Flags", summary + ".", table(["trial", "status", "flags", "detail"], rows)]
+        ["## Flags", summary + ".", table(["trial", "status", "flags", "detail", "pictures"], rows)]
     )
 
 
@@ -709,6 +727,7 @@ def pareto_section(
         for m, mode in zip(objectives, modes, strict=True)
     )
     headers = ["trial", "optuna #", *[f"final `{m}`" for m in objectives], "run folder"]
+    headers += ["pictures"]
     headers += [f"`{k}`" for k in keys]
     rows = []
     for _, row in front.iterrows():
@@ -719,6 +738,7 @@ def pareto_section(
                 EMPTY_CELL if number is None or pd.isna(number) else str(int(number)),
                 *[_number(m, row[final_column(m)]) for m in objectives],
                 f"[runs/{row['trial_id']}](../runs/{row['trial_id']})",
+                pictures_cell(row),
                 *[cell(row[k]) if k in row.index else EMPTY_CELL for k in keys],
             ]
         )

@@ -75,7 +75,9 @@ def objective_matrix(trials: pd.DataFrame, objectives: Sequence[str]) -> np.ndar
     columns = [final_column(metric) for metric in objectives]
     if any(column not in trials.columns for column in columns):
         return np.full((len(trials), len(objectives)), np.nan)
-    return trials[columns].astype(float).to_numpy()
+    # copy=True: callers write into it (masking unfinished trials), and under pandas'
+    # copy-on-write a frame whose columns sit in one block hands out a read-only view
+    return trials[columns].astype(float).to_numpy(copy=True)
 
 
 def pareto_front(

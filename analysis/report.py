@@ -9,9 +9,12 @@ fg_psnr_vs_mask_iou.png, learning_curves.png, factor_<name>.png, levels_<name>.p
 (multi-level factors), pareto_front.png and hypervolume.png (multi-objective Optuna studies),
 tuning_curves.png (Optuna studies). trials.parquet also carries ``optuna_number``.
 
-trials.parquet also gets the item-level flag ``flag_mask_covers_image`` (nullable boolean:
-missing for trials without an evaluation) and the trial means ``eval/pred_fg_fraction``,
-``eval/gt_fg_fraction``, ``eval/mask_iou`` it rests on (see analysis/paired.py).
+trials.parquet also gets ``validation_picture`` and ``eval_picture`` (each trial's last
+validation picture and evaluation picture, relative to the study folder; null where absent),
+which report.md's trial tables link to, and the item-level flag ``flag_mask_covers_image``
+(nullable boolean: missing for trials without an evaluation) and the trial means
+``eval/pred_fg_fraction``, ``eval/gt_fg_fraction``, ``eval/mask_iou`` it rests on (see
+analysis/paired.py).
 
 Atomic: everything is built in a temporary folder inside STUDY_DIR first; only when all
 files exist are they moved into report/ one by one with os.replace (atomic per file on
@@ -48,6 +51,7 @@ from analysis.pareto import (
     pareto_front,
     reference_point,
 )
+from analysis.sequential import report_section as sequential_report_section
 from analysis.tables import (
     CURVES_DESCRIPTION,
     TRIALS_DESCRIPTION,
@@ -56,8 +60,10 @@ from analysis.tables import (
     write_parquet,
 )
 from analysis.tuning import best_so_far, compute_summary, finished_values_only, trial_order
+from trainables.pictures import run_pictures
 
 REPORT_DIR = "report"
+RUNS_DIR = "runs"
 REPORT_MD = "report.md"
 TRIALS_PARQUET = "trials.parquet"
 CURVES_PARQUET = "curves.parquet"
@@ -114,6 +120,22 @@ def add_item_flags(trials: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     out["flag_mask_covers_image"] = out["flag_mask_covers_image"].astype("boolean")
     for column in ("eval/pred_fg_fraction", "eval/gt_fg_fraction", "eval/mask_iou"):
         out[column] = out[column].astype("float64")
+    return out
+
+
+def add_picture_paths(trials: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
+    """trials plus validation_picture and eval_picture: each trial's last validation picture
+    and its evaluation picture (trainables.pictures), relative to the study folder; null
+    where the run has none."""
+    out = trials.copy()
+    found = [run_pictures(study_dir / RUNS_DIR / str(t)) for t in out["trial_id"]]
+    for column, kind in (("validation_picture", "validation"), ("eval_picture", "evaluation")):
+        pictures = [getattr(f, kind) for f in found]
+        out[column] = pd.Series(
+            [str(p.path.relative_to(study_dir)) if p else None for p in pictures],
+            index=out.index,
+            dtype="str",
+        )
     return out
 
 
@@ -183,6 +205,10 @@ def build_extras(
 ) -> Extras:
     """Compute line, multi-level factors, interactions, Pareto front and tuning curves."""
     extras = Extras()
+    # --until-decided studies: the stopping rule and the looks (analysis/sequential.py)
+    looks = sequential_report_section(paired.read_study_record(study.path))
+    if looks:
+        extras.after_header.append(looks)
     column, unit = compute_column(trials)
     extras.after_header.append(
         markdown.compute_line(compute_summary(trials, study.max_steps, column), unit)
@@ -222,7 +248,7 @@ def build_report(
     trials = with_optuna_numbers(build_trials(study, trial_files), record)
     curves = build_curves(study, trial_files)
     items, protocols = paired.gather_items(study.path, trials, study.name)
-    trials = add_item_flags(trials, items)
+    trials = add_picture_paths(add_item_flags(trials, items), study.path)
     write_parquet(trials, out_dir / TRIALS_PARQUET, TRIALS_DESCRIPTION)
     write_parquet(curves, out_dir / CURVES_PARQUET, CURVES_DESCRIPTION)
     items.to_parquet(out_dir / ITEMS_PARQUET, index=False)

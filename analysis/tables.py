@@ -336,6 +336,10 @@ FIXED_DESCRIPTIONS: dict[str, str] = {
     "(item, view) rows (runs/<trial>/eval/items.parquet)",
     "eval/gt_fg_fraction": "mean true foreground fraction over the trial's evaluated (item, view) rows",
     "eval/mask_iou": "mean mask IoU over the trial's evaluated (item, view) rows",
+    "validation_picture": "the trial's last validation picture (highest step), relative to the "
+    "study folder; null if it has none",
+    "eval_picture": "the trial's evaluation picture (first evaluation item, evaluated "
+    "checkpoint), relative to the study folder; null without a complete evaluation",
 }
 
 

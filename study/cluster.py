@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from study.plan import REPO_ROOT, StudyError
 from study.resources import TrialRequest, alive_node_resources, check_trial_fits
@@ -63,11 +64,43 @@ def send_auth_token_if_available() -> None:
     """
     if "RAY_AUTH_MODE" in os.environ:
         return
-    token_file = Path(
+    if os.environ.get("RAY_AUTH_TOKEN") or auth_token_file().is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def auth_token_file() -> Path:
+    """Where Ray reads its auth token from: RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    return Path(
         os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")
     ).expanduser()
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def dashboard_sign_in(dashboard_url: str, address: str | None = None) -> str:
+    """The start-up sentence saying how to get past the dashboard's token dialog.
+
+    A Ray 2.60 cluster with token authentication opens its dashboard on an "Authentication Token
+    Required" dialog over an empty page, and nothing the study printed said which token. It is
+    the cluster's own: `ray get-auth-token` prints it from where Ray finds it (RAY_AUTH_TOKEN,
+    else the file), so the sentence names the command and the file. The dashboard listens on the
+    head's loopback, so a laptop reaches it through an ssh tunnel to the head: the joined
+    cluster's `address` host, else this machine. Empty without a dashboard or without
+    authentication (RAY_AUTH_MODE=disabled, or a joined cluster and no token on this machine).
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    has_token = bool(os.environ.get("RAY_AUTH_TOKEN")) or auth_token_file().is_file()
+    if not dashboard_url or mode == "disabled" or (mode != "token" and not has_token):
+        return ""
+    where = "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(auth_token_file())
+    url = urlsplit(dashboard_url)
+    port, host = url.port or 8265, url.hostname or "127.0.0.1"
+    head = socket.gethostname()
+    if address and address != "auto":
+        head = address.split("://", 1)[-1].rpartition(":")[0] or head
+    return (
+        f"sign in to the dashboard with Ray's auth token: `ray get-auth-token` prints it (from "
+        f'{where}); paste it into the "Authentication Token Required" dialog. From another '
+        f"machine: `ssh -L {port}:{host}:{port} {head}`, then open http://localhost:{port}"
+    )
 
 
 # A local cluster's trial slots: trials reserve one instead of a CPU; how many run at once is

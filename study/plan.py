@@ -72,6 +72,10 @@ class StudyPlan:
     # run on a joined cluster: a Ray resource only nodes that do not vanish have. Default: the
     # head node's own resource.
     driver_resource: str = "node:__internal_head__"
+    # --until-decided (study/sequential.py): add seeds until every factor is decided
+    until_decided: bool = False
+    max_seeds: int | None = None  # None: study.sequential.DEFAULT_MAX_SEEDS
+    margin_args: tuple[str, ...] = ()  # --margin METRIC=VALUE, as given
 
     @property
     def name(self) -> str:
@@ -137,6 +141,10 @@ PLAN_FLAGS: dict[str, tuple[str, Any]] = {
     "wandb": ("--wandb", None),
     "dashboard_host": ("--dashboard-host", "127.0.0.1"),
     "driver_resource": ("--driver-resource", "node:__internal_head__"),
+    # --until-decided (study/sequential.py)
+    "until_decided": ("--until-decided", False),
+    "max_seeds": ("--max-seeds", None),
+    "margin_args": ("--margin", ()),
 }
 ADDRESS_FLAG = "--address"  # may change on --resume (a cluster's head moves); said when it does
 
@@ -164,8 +172,8 @@ def stored_plan(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _same(field: str, given: Any, stored: Any) -> bool:
-    if field == "seeds" and stored is not None:
-        stored = tuple(stored)
+    if field in ("seeds", "margin_args") and stored is not None:
+        stored, given = tuple(stored), tuple(given)
     if isinstance(given, float) or isinstance(stored, float):
         try:
             return float(given) == float(stored)
@@ -194,7 +202,8 @@ def resumed_args(args: argparse.Namespace, record: dict[str, Any]) -> argparse.N
     merged = vars(args).copy()
     for field, value in stored.items():
         if field in PLAN_FLAGS and merged.get(field) is None:
-            merged[field] = tuple(value) if field == "seeds" and value is not None else value
+            listed = field in ("seeds", "margin_args") and value is not None
+            merged[field] = tuple(value) if listed else value
     merged["smoke"] = False  # the size now comes from the stored plan
     stored_address = stored.get("address")
     if args.address and stored_address and args.address != stored_address:
@@ -217,6 +226,7 @@ def plan_flags_record(plan: StudyPlan, gpus_per_trial: float) -> dict[str, Any]:
     record = {field: getattr(plan, field) for field in PLAN_FLAGS}
     record["gpus_per_trial"] = gpus_per_trial
     record["seeds"] = list(plan.seeds) if plan.seeds is not None else None
+    record["margin_args"] = list(plan.margin_args)
     record["address"] = plan.address
     record["set_args"] = list(plan.set_args)
     return record
@@ -282,6 +292,9 @@ def make_plan(args: argparse.Namespace) -> StudyPlan:
         dashboard_host=flags["dashboard_host"],
         set_args=tuple(args.set),
         driver_resource=flags["driver_resource"],
+        until_decided=bool(flags["until_decided"]),
+        max_seeds=flags["max_seeds"],
+        margin_args=tuple(flags["margin_args"]),
     )
 
 

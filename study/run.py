@@ -1,22 +1,27 @@
 """`python -m study.run NAME`: run a named hyperparameter study on a local or remote Ray cluster.
 
 Everything of one study lands in one folder, STORAGE/NAME/ (default ./studies/NAME):
-    study.json     what was run (study, objective, searched keys, resources, command)
-    optuna.db      Optuna storage for searched studies (open with `optuna-dashboard sqlite:///optuna.db`)
+    study.json     what was run (study, objective, searched keys, resources, command) and the
+                   whole plan (`plan`: every flag, the concurrency decided), which --resume reloads
+    optuna.db      Optuna storage for searched studies (open with
+                   `optuna-dashboard sqlite:///optuna.db --artifact-dir artifacts`)
+    artifacts/     the trials' pictures as Optuna artifacts (study.artifacts)
     tune-<id>/     Tune experiment state and one folder per trial (params, results, trial_summary.json);
                    the random id keeps Tune's local staging folders of studies started in the same
                    second on one cluster apart (Ray names them by experiment name and second)
     train/         Ray Train run state and the reported checkpoints (best by objective + latest),
                    hard links to the run's own files: one copy on disk
-    interrupted.json  only after Ctrl-C ended a run early (N of M trials); the report says partial
-    runs/<trial>/  the trainer's own files: metrics.jsonl, pictures, checkpoints, W&B offline run
+    interrupted.json  only after Ctrl-C / SIGTERM ended a run early (N of M trials); the report
+                   says partial
+    runs/<trial>/  journal.jsonl (the trial's fate) and the trainer's own files: metrics.jsonl,
+                   pictures, checkpoints, W&B offline run
     report/        trials.parquet, curves.parquet, report.md and plots
 
 Refused with exit 2 before Ray starts: a --gpus-per-trial / --workers-per-trial split that
 cannot train, a --resume of a moved or copied folder (its state holds the old absolute paths),
 an unreadable state file (named). Refused right after Ray starts: a trial the cluster can never
-place (warned once instead with --autoscaling). Ctrl-C: trials stop, the state is saved, exit 130
-with the --resume command to continue.
+place (warned once instead with --autoscaling). Ctrl-C or SIGTERM: trials stop, the state is
+saved, exit 130 / 143 with the --resume command to continue; a second signal aborts at once.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from typing import Any
 
 from analysis.load import read_json_object
 from search_spaces import SearchSpaceError
+from study import sequential
 from study.cluster import (
     check_address,
     check_cluster_fits,
     cluster_nodes,
+    dashboard_sign_in,
     gpus_per_trial,
     ray_env,
     start_ray,
@@ -66,6 +73,7 @@ from study.state import (
     check_not_moved,
     check_state_files,
     ended_trials,
+    failed_trials,
     restore_error,
 )
 from study.studies import SIZES, STUDIES, StudySpec, UnknownStudyError
@@ -160,6 +168,7 @@ def trial_settings(plan: StudyPlan, overrides: dict, tune_dir: Path, gpus: float
         linked=dict(plan.spec.linked),
         objective=plan.spec.objective,
         mode=plan.spec.mode,
+        metrics=tuple(plan.spec.objectives or (plan.spec.objective,)),
         num_workers=workers,
         use_gpu=gpus > 0,
         cpus_per_worker=plan.cpus_per_worker,
@@ -179,6 +188,8 @@ def planned_trials(plan: StudyPlan) -> int:
     """Trials the study runs in all: num_samples for a search, grid cells x repeats for a grid."""
     if plan.spec.search == "optuna":
         return plan.num_samples
+    if plan.until_decided:
+        return sequential.trial_cap(plan)  # at most: the study may stop at an earlier look
     cells = 1
     for key, values in plan.spec.grid.items():
         seeds = plan.grid_seeds if key == "training.runtime.seed" and plan.grid_seeds else None
@@ -321,6 +332,7 @@ def stored_concurrency(study_dir: Path) -> int | None:
 def run(args: argparse.Namespace) -> int:
     # --- checks that write nothing: bad input leaves the storage folder as it was (or absent)
     plan = make_plan(args)
+    sequential.check_plan(plan)  # --until-decided: a grid study over seeds (writes nothing)
     if plan.gpus_per_trial is not None:
         gpus_per_worker(plan.workers_per_trial, plan.gpus_per_trial)  # a bad split, before Ray
     study_dir = plan.study_dir
@@ -355,7 +367,12 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     try:
-        print(f"[study] {plan.name}: dashboard {dashboard}", flush=True)
+        print(
+            f"[study] {plan.name}: dashboard {dashboard or '(none: the cluster has no dashboard yet)'}",
+            flush=True,
+        )
+        if sign_in := dashboard_sign_in(dashboard, plan.address):
+            print(f"[study] {plan.name}: {sign_in}", flush=True)
         gpus = gpus_per_trial(plan.gpus_per_trial, plan.workers_per_trial)
         own = trial_resources(plan)
         request = trial_request(plan, own, gpus)
@@ -371,6 +388,7 @@ def run(args: argparse.Namespace) -> int:
         if not restore:
             record = study_record(plan, overrides, gpus, tune_dir)
             record["plan"]["concurrency"] = concurrency
+            record.update(sequential.initial_record(plan))  # --until-decided: rule, margins
             write_json_atomic(study_dir / "study.json", record)
         (study_dir / INTERRUPTED_FILE).unlink(missing_ok=True)
         try:
@@ -397,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:  # (an interrupted trial's W&B run goes on when the study resumes)
             finish_killed_wandb_runs(study_dir)
-        errors = sum(1 for r in results if r.error is not None)
+        errors = sum(1 for r in results if r.error is not None) + failed_trials(tune_dir)
         print(
             f"[study] {plan.name}: {done} of {planned} trials finished in {wall:.0f} s "
             f"({errors} errored or diverged)",
@@ -502,6 +520,27 @@ def parser() -> argparse.ArgumentParser:
         "--seeds",
         type=parse_seeds,
         help="grid studies: comma-separated seeds to run instead of the study's (e.g. 0,1)",
+    )
+    p.add_argument(
+        "--until-decided",
+        action="store_true",
+        default=None,  # None: not given (a --resume takes the stored plan's)
+        help="grid studies: add seeds (one trial per grid cell per seed) until every factor's "
+        "confirmatory verdict is better, worse or equivalent (group-sequential, error rates "
+        "kept across looks; study/sequential.py), or --max-seeds is reached",
+    )
+    p.add_argument(
+        "--max-seeds",
+        type=int,
+        help="--until-decided: stop at this many seeds, decided or not (default 10)",
+    )
+    p.add_argument(
+        "--margin",
+        dest="margin_args",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="--until-decided: the equivalence margin of a metric, e.g. psnr_fg=0.5 (default "
+        "analysis.verdicts.DEFAULT_MARGINS); recorded in study.json before the study runs",
     )
     p.add_argument(
         "--sampler-seed",

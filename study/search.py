@@ -37,6 +37,7 @@ class Progress:
             def __init__(self) -> None:
                 self.best: tuple[float, str] | None = None
                 self.last_print = 0.0
+                self.failed: set[str] = set()  # trials whose last report says they failed
 
             def _line(self, trials: list, force: bool = False) -> None:
                 now = time.monotonic()
@@ -44,18 +45,24 @@ class Progress:
                     return
                 self.last_print = now
                 status = [t.status for t in trials]
+                failed = status.count("ERROR") + len(self.failed)
+                done = sum(
+                    t.status == "TERMINATED" and t.trial_id not in self.failed for t in trials
+                )
                 best = (
                     f"best {objective} {self.best[0]:.3f} ({self.best[1]})"
                     if self.best
                     else f"no {objective} yet"
                 )
                 print(
-                    f"[study] trials: {status.count('TERMINATED')} done, {status.count('RUNNING')} running, "
-                    f"{status.count('PENDING')} pending, {status.count('ERROR')} failed; {best}",
+                    f"[study] trials: {done} done, {status.count('RUNNING')} running, "
+                    f"{status.count('PENDING')} pending, {failed} failed; {best}",
                     flush=True,
                 )
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
+                if result.get("trial_status") in ("errored", "diverged"):
+                    self.failed.add(trial.trial_id)
                 value = result.get(objective)
                 if isinstance(value, int | float) and value == value:
                     better = self.best is None or (
@@ -96,6 +103,7 @@ def make_searcher(plan: StudyPlan):
     """The study's StudySearcher (Optuna) over its space, objectives named in the storage."""
     import optuna
 
+    from study.artifacts import upload_trial_pictures
     from study.searcher import StudySearcher
 
     spec = plan.spec
@@ -108,6 +116,7 @@ def make_searcher(plan: StudyPlan):
         study_name=spec.name,
         study_dir=str(plan.study_dir),
         max_steps=plan.config.training.schedule.max_steps,
+        on_trial_end=upload_trial_pictures,  # trial pictures for optuna-dashboard
     )
 
 
@@ -121,6 +130,7 @@ def build_tuner(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from study.artifacts import picture_callbacks
     from study.scheduler import TrainerStepASHA, may_reuse_actors
 
     spec = plan.spec
@@ -131,7 +141,10 @@ def build_tuner(
             trainable,
             resume_unfinished=True,
             resume_errored=False,
-            restart_errored=False,
+            # Tune's ERROR is only ever a lost trial driver (a trial that diverged or failed in
+            # training ends normally, recorded by its journal), so each restarts: its Train run
+            # resumes from its last checkpoint
+            restart_errored=True,
         )
 
     config = plan.config
@@ -145,9 +158,14 @@ def build_tuner(
         )
     else:
         scheduler = FIFOScheduler()
-    search_alg, param_space = None, {}
+    search_alg, param_space, num_samples = None, {}, plan.num_samples
     if spec.search == "optuna":
         search_alg = make_searcher(plan)
+    elif plan.until_decided:  # seeds added look by look (study/sequential.py)
+        from study.seed_searcher import make_sequential_searcher
+        from study.sequential import trial_cap
+
+        search_alg, num_samples = make_sequential_searcher(plan), trial_cap(plan)
     else:
         param_space = grid_param_space(spec, plan.grid_seeds)
     return tune.Tuner(
@@ -158,7 +176,7 @@ def build_tuner(
             mode=spec.mode,
             search_alg=search_alg,
             scheduler=scheduler,
-            num_samples=plan.num_samples,
+            num_samples=num_samples,
             max_concurrent_trials=concurrency,
             # A trial that ended by itself leaves its actor to the next (a process start saved
             # per trial); never under ASHA, whose stopped trials must take their actor down
@@ -169,7 +187,13 @@ def build_tuner(
             name=Path(settings.tune_dir).name,
             storage_path=str(plan.study_dir),
             verbose=0,
-            callbacks=[Progress(spec.objective, spec.mode)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[
+                Progress(spec.objective, spec.mode),
+                *picture_callbacks(spec.search, plan.study_dir),
+            ],
+            # Retries of a trial whose driver was lost (its node died): the retried trial's
+            # Train run resumes from its last checkpoint. Never a diverged or failed trial:
+            # those end without an error (trainables.trial.run_trial)
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         ),
     )

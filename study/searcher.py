@@ -16,6 +16,9 @@ What it changes against Ray 2.60's OptunaSearch:
 - Each Optuna trial carries user attributes that lead from the dashboard to the files:
   `tune_trial_id`, `run_folder` (relative to the study folder: runs/<trial id>), `status`, and
   `final/val/mask_iou` (plus `final/<objective>` for every objective).
+- `on_trial_end(study_dir, trial)` runs as a trial ends, after its user attributes and before
+  `tell`: the last moment Optuna accepts anything on the trial (the study's trial pictures,
+  `study.artifacts`). Its failure is logged and the trial is still told.
 
 The module imports Ray at the top; `study.search` imports it only when it builds a Tuner.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,7 @@ class StudySearcher(OptunaSearch):
     metrics: the objectives, e.g. ["val/psnr_fg"] or ["val/psnr_fg", "val/mask_iou"].
     study_dir: the study folder (trial run folders are study_dir/runs/<trial id>).
     max_steps: the trainer's max_steps, for telling a stopped trial from a finished one.
+    on_trial_end: called with (study_dir, the Optuna trial) as each trial ends, before `tell`.
     """
 
     def __init__(
@@ -78,12 +83,14 @@ class StudySearcher(OptunaSearch):
         study_name: str,
         study_dir: str,
         max_steps: int,
+        on_trial_end: Callable[[Path, optuna.Trial], Any] | None = None,
     ) -> None:
         if not metrics:
             raise ValueError("StudySearcher needs at least one objective metric")
         self._metrics = list(metrics)
         self._study_dir = str(study_dir)
         self._max_steps = int(max_steps)
+        self._on_trial_end = on_trial_end
         self._intermediate: dict[str, dict[str, list[float | None]]] = {}
         multi = len(self._metrics) > 1
         super().__init__(
@@ -177,6 +184,7 @@ class StudySearcher(OptunaSearch):
         ot_trial.set_user_attr("last_step", outcome.last_step)
         for metric in dict.fromkeys([*self._metrics, *RECORDED_FINALS]):
             ot_trial.set_user_attr(f"final/{metric}", _finite(result.get(metric)))
+        self._trial_ended(trial_id, ot_trial)
         told = None
         if state == optuna.trial.TrialState.COMPLETE:
             told = values if self.multi_objective else values[0]
@@ -185,3 +193,13 @@ class StudySearcher(OptunaSearch):
         except (ValueError, RuntimeError) as exc:  # e.g. a trial Optuna already finished
             logger.warning("optuna: could not record trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _trial_ended(self, trial_id: str, ot_trial: optuna.Trial) -> None:
+        # getattr: a searcher saved by an older version (restored by --resume) has no hook
+        hook = getattr(self, "_on_trial_end", None)
+        if hook is None:
+            return
+        try:
+            hook(Path(self._study_dir), ot_trial)
+        except Exception as exc:  # noqa: BLE001 - the trial's record in Optuna comes first
+            logger.warning("optuna: trial %s: on_trial_end failed: %s", trial_id, exc)

@@ -98,6 +98,21 @@ def restore_error(tune_dir: Path, exc: BaseException) -> StudyError:
     )
 
 
+def failed_trials(tune_dir: Path) -> int:
+    """Trials whose summary says they diverged or errored in training (Tune records them as
+    ended normally; its ERROR is left to lost drivers)."""
+    count = 0
+    for path in tune_dir.glob("*/trial_summary.json"):
+        try:
+            count += json.loads(path.read_text(encoding="utf-8")).get("status") in (
+                "diverged",
+                "errored",
+            )
+        except (OSError, ValueError, AttributeError):
+            continue
+    return count
+
+
 def ended_trials(tune_dir: Path) -> int:
     """Trials Tune's newest saved state records as ended (TERMINATED or ERROR).
 

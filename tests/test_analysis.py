@@ -291,11 +291,13 @@ def test_trials_parquet_round_trip_keeps_dtypes(clear_study: Path) -> None:
     path = clear_study / "report" / "trials.parquet"
     trials = pd.read_parquet(path)
     built, _ = load_tables(clear_study)
-    # the report adds the item-level flag columns (empty here: no trial was evaluated) and the
-    # Optuna trial number (analysis.optuna_study; null where Optuna has none)
+    # the report adds the item-level flag columns (empty here: no trial was evaluated), the
+    # Optuna trial number (analysis.optuna_study; null where Optuna has none) and the pictures
+    # (null: no run folder here)
     item_columns = ["eval/pred_fg_fraction", "eval/gt_fg_fraction", "eval/mask_iou"]
-    item_columns.append("flag_mask_covers_image")
+    item_columns += ["flag_mask_covers_image", "validation_picture", "eval_picture"]
     assert trials["optuna_number"].dtype == "Int64" and trials["optuna_number"].isna().all()
+    assert trials["validation_picture"].isna().all() and trials["eval_picture"].isna().all()
     pd.testing.assert_frame_equal(trials.drop(columns=[*item_columns, "optuna_number"]), built)
     schema = pq.read_schema(path)
 

@@ -74,3 +74,17 @@ def test_installed_script_runs(script: str, words: str) -> None:
     result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert words in result.stdout
+
+
+def test_optuna_dashboard_is_pinned_and_opens_an_artifact_folder() -> None:
+    """The README's dashboard command: a dependency of the project, so `scripts/setup.sh`
+    puts the command in every venv, with the --artifact-dir flag the pictures need."""
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        dependencies = tomllib.load(handle)["project"]["dependencies"]
+    assert any(d.startswith("optuna-dashboard==") for d in dependencies)
+    path = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.skip("optuna-dashboard not installed in this venv yet: run scripts/setup.sh")
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--artifact-dir" in result.stdout

@@ -48,15 +48,16 @@ def custom_study(name: str, grid: dict) -> str:
     )
 
 
-def ray_train_worker_pids(driver_pid: int) -> list[int]:
-    """Ray Train workers descending from this test's driver (its local Ray's raylet is the
-    driver's child), never those of other studies running on the same machine."""
+def ray_train_worker_pids(driver_pid: int, name: str = "RayTrainWorker") -> list[int]:
+    """Ray processes named `name` (Train workers; "ImplicitFunc": Tune trial drivers)
+    descending from this test's driver (its local Ray's raylet is the driver's child), never
+    those of other studies running on the same machine."""
     out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
     parent, workers = {}, []
     for line in out.splitlines():
         pid, ppid, *args = line.split(maxsplit=2)
         parent[int(pid)] = int(ppid)
-        if args and "RayTrainWorker" in args[0]:
+        if args and name in args[0]:
             workers.append(int(pid))
 
     def descends(pid: int) -> bool:
@@ -70,7 +71,12 @@ def ray_train_worker_pids(driver_pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
+def test_killed_worker_then_lost_driver_resume_from_their_checkpoints(tmp_path, data):
+    """One trial, two faults: its Train worker is SIGKILLed after a checkpoint (Ray Train restarts
+    the worker group from it), then its Tune trial driver is SIGKILLed (what losing the driver's
+    node does): Tune retries the trial (FailureConfig, issue 23) and its Train run resumes from
+    its last checkpoint again. The trial ends finished, evaluated, with compute summed over its
+    three attempts."""
     storage = tmp_path / "studies"
     cmd = [
         sys.executable,
@@ -84,39 +90,55 @@ def test_killed_worker_resumes_from_its_checkpoint(tmp_path, data):
         str(storage),
         "--max-failures",
         "2",
-        *TINY_64PX,  # 64 px steps: seconds between the first checkpoint and the trial's end
+        *TINY_64PX,  # 64 px steps: seconds between checkpoints
+        "--set",
+        "training.schedule.max_steps=40",
         *data_args(data),
     ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=study_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     study_dir = storage / "mouse_loss_sweep"
-    deadline = time.monotonic() + 600
-    killed_after = None
-    while time.monotonic() < deadline and killed_after is None and proc.poll() is None:
+
+    def newest_checkpoint() -> int:
         ckpts = sorted((study_dir / "runs").glob("*/checkpoints/ckpt_*.pt"))
-        pids = ray_train_worker_pids(proc.pid)
-        if ckpts and pids:
-            killed_after = int(ckpts[-1].stem.split("_")[1])
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    assert killed_after is not None, "no worker with a checkpoint to kill"
+        return int(ckpts[-1].stem.split("_")[1]) if ckpts else 0
+
+    def kill_after(step: int, name: str) -> int | None:
+        """SIGKILL the `name` processes once a checkpoint past `step` exists; its step."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            newest, pids = newest_checkpoint(), ray_train_worker_pids(proc.pid, name)
+            if newest > step and pids:
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                return newest
+            time.sleep(0.3)
+        return None
+
+    worker_killed_after = kill_after(0, "RayTrainWorker")
+    assert worker_killed_after is not None, "no worker with a checkpoint to kill"
+    driver_killed_after = kill_after(worker_killed_after, "ImplicitFunc")
     output, _ = proc.communicate(timeout=900)
+    assert driver_killed_after is not None, "no trial driver killed: " + output[-3000:]
     assert proc.returncode == 0, output[-3000:]
     (summary,) = summaries(study_dir)
-    assert summary["status"] == "finished" and summary["steps_run"] == 20
-    assert summary["restarts"] >= 1
+    assert summary["status"] == "finished" and summary["steps_run"] == 40, summary
+    assert summary["evaluation"] is not None
     journal = TrialJournal.read(Path(summary["run_dir"]))
-    # the new worker group resumed from the checkpoint at or after the one we saw, so at most
-    # one checkpoint interval (10 steps) was lost
-    assert journal.attempts[-1].started["resumed_from_step"] >= killed_after
-    # both attempts' time counts: the killed one's logged span, then the finished one's
+    # each new worker group resumed from the checkpoint at or after the one seen before the kill
+    resumed = [a.started["resumed_from_step"] for a in journal.attempts]
+    assert len(resumed) >= 3 and resumed[-1] >= driver_killed_after, resumed
+    assert any(step >= worker_killed_after for step in resumed[1:-1]), resumed
+    # every attempt's time counts: the killed ones' logged spans, then the finished one's
     assert summary["wall_s"] == pytest.approx(journal.compute().wall_s)
     assert summary["wall_s"] > journal.attempts[-1].wall_s
     assert not list(Path(summary["run_dir"]).glob(".resume_*"))  # resumed in place
+    # Tune saw the lost driver (its one error) and retried it
+    (error_file,) = study_dir.glob("tune-*/*/error.txt")
+    assert "Failure # 1" in error_file.read_text()
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
-    assert int(trials["restarts"].iloc[0]) >= 1
+    assert int(trials["restarts"].iloc[0]) >= 2 and trials["status"].iloc[0] == "finished"
 
 
 @pytest.mark.slow
@@ -173,6 +195,9 @@ def test_diverged_and_errored_trials_are_recorded_and_the_study_goes_on(tmp_path
         )
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet")
     assert sorted(trials["status"]) == ["diverged", "errored", "errored", "finished"]
+    # the trials' own failures end them without a Tune error, so Tune never retries them
+    assert not list(study_dir.glob("tune-*/*/error.txt"))
+    assert "(3 errored or diverged)" in out.stdout, out.stdout[-2000:]
     assert trials.loc[trials["status"] == "diverged", "flag_diverged"].all()
     report = (study_dir / "report" / "report.md").read_text()
     assert "diverged" in report

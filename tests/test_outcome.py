@@ -5,6 +5,7 @@ error with its message, and checkpoints staged for Ray across two filesystems.""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -94,16 +95,26 @@ def test_a_non_train_exception_is_an_error_with_its_message(tmp_path, monkeypatc
     )
     monkeypatch.setattr(tune, "get_context", lambda: context)
     monkeypatch.setattr(trial, "make_trainer", lambda *args: FailingTrainer())
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", reports.append)
     settings = ray_trainable.TrialSettings(
-        study="s", study_dir=str(tmp_path), tune_dir=str(tmp_path / "tune"), base_config=str(base)
+        study="s",
+        study_dir=str(tmp_path),
+        tune_dir=str(tmp_path / "tune"),
+        base_config=str(base),
+        metrics=("val/psnr_fg", "val/mask_iou"),
     )
-    with pytest.raises(RuntimeError, match="GPU requested"):
-        ray_trainable.run_trial({}, settings)
+    ray_trainable.run_trial({}, settings)  # the trial's own failure is reported, not raised
+    message = "ValueError: resources_per_worker: GPU requested but use_gpu is false"
     summary = json.loads((trial_dir / "trial_summary.json").read_text())
-    assert summary["status"] == "errored"
-    assert summary["error"] == (
-        "ValueError: resources_per_worker: GPU requested but use_gpu is false"
-    )
+    assert summary["status"] == "errored" and summary["error"] == message
+    # its last report carries the status and NaN for each study metric (Tune's metric check)
+    (report,) = reports
+    assert report["trial_status"] == "errored" and report["trial_error"] == message
+    assert math.isnan(report["val/psnr_fg"]) and math.isnan(report["val/mask_iou"])
+    # the journal says it too, so the searcher and the analysis read the same outcome
+    journal = TrialJournal.read(tmp_path / "runs" / "abc_00000")
+    assert journal.outcome(max_steps=100).status == "errored"
 
 
 @pytest.mark.skipif(not SHM.is_dir(), reason="needs /dev/shm (a tmpfs)")

@@ -208,18 +208,24 @@ def start_study_with(storage: Path, *argv: str) -> dict:
     return record
 
 
+# A DDP study on a cluster: 2 workers and 2 GPUs per trial, at most 3 trials at once
+DDP_FLAGS = (
+    "--smoke",
+    "--workers-per-trial",
+    "2",
+    "--gpus-per-trial",
+    "2",
+    "--max-concurrent",
+    "3",
+)
+
+
 def test_resume_reloads_the_whole_plan_from_study_json(tmp_path: Path) -> None:
     """Defect 1 of issue 23: --resume took workers, GPUs, concurrency and address from the new
     command line, so a resumed DDP study on a cluster restarted locally with one worker."""
     start_study_with(
         tmp_path,
-        "--smoke",
-        "--workers-per-trial",
-        "2",
-        "--gpus-per-trial",
-        "2",
-        "--max-concurrent",
-        "3",
+        *DDP_FLAGS,
         "--address",
         "10.0.0.5:6379",
         "--max-failures",
@@ -254,16 +260,7 @@ def test_resume_reloads_the_whole_plan_from_study_json(tmp_path: Path) -> None:
 def test_resume_refuses_a_flag_that_contradicts_the_plan(
     tmp_path: Path, flags: list[str], named: str
 ) -> None:
-    start_study_with(
-        tmp_path,
-        "--smoke",
-        "--workers-per-trial",
-        "2",
-        "--gpus-per-trial",
-        "2",
-        "--max-concurrent",
-        "3",
-    )
+    start_study_with(tmp_path, *DDP_FLAGS)
     with pytest.raises(StudyError, match=named):
         plan_for("view_order_ablation", "--resume", *flags, storage=tmp_path)
 

@@ -297,6 +297,8 @@ def test_readme_main_command_finishes_every_trial(readme_sweep: ReadmeRun) -> No
         run.lines[-60:]
     )
     assert run.dashboard_status == 200
+    # and how to get past its token dialog (issue 24: nothing said so)
+    assert any("ray get-auth-token" in line for line in run.lines), "".join(run.lines[:20])
     # concurrency from the machine: two 1-CPU trials on a 2-CPU machine, said at start
     said = r"\[study\] \d+ trial\(s\) at once: the cluster"
     assert any(re.search(said, line) for line in run.lines)

@@ -412,6 +412,7 @@ def test_first_signal_stops_gracefully_and_a_second_aborts_at_once(monkeypatch, 
     import study.run as run_module
 
     stops, aborts = [], []
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous_usr1 = signal.signal(signal.SIGUSR1, lambda *_: stops.append(True))
     monkeypatch.setattr(run_module, "abort_now", lambda exit_code: aborts.append(exit_code))
     try:
@@ -426,4 +427,4 @@ def test_first_signal_stops_gracefully_and_a_second_aborts_at_once(monkeypatch, 
     finally:
         signal.signal(signal.SIGUSR1, previous_usr1)
     # the handlers the process had before are back
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -14,7 +14,10 @@ Every line is an event {"event": NAME, "time": unix seconds, ...fields}. Writers
     attempt_failed       error (the loop raised anything else)      trainer, rank 0
     trained              final_step, steps_this_call, wall_s, gpu_s (the loop returned)
                                                                      trainer, rank 0
-    evaluated            step, path (the chosen checkpoint), rule   evaluator
+    training_failed      error (Ray Train gave up on the trial after its own restarts, or
+                         the trial could not start)                 Tune trial (driver side)
+    evaluated            step, path (the chosen checkpoint), rule,  evaluator
+                         picture (eval/picture.png; null without one)
     evaluation_failed    error (the end-of-trial evaluation raised) Ray worker, rank 0
     wandb_rebuilt        (the driver rebuilt a killed run's W&B)    driver
 
@@ -283,8 +286,8 @@ class TrialJournal:
 
         1. A `diverged` event: "diverged", with its message and step (a non-finite loss is a
            result of the settings, not a crash: it wins over the error it also raised).
-        2. `error` (the failure's message, e.g. the root cause of Train's error or error.txt's
-           last line) is given: "errored" with that message.
+        2. `error` (the failure's message, e.g. error.txt's last line) is given, or the journal
+           has a `training_failed` event: "errored" with that message.
         3. A `trained` event: "finished" at its final step, unless `last_step` (the newest step
            Tune received) is below that step: Tune stopped the trial on an earlier report
            while its loop was finishing, so the study's record of it ends there (rule 4).
@@ -301,6 +304,8 @@ class TrialJournal:
             step = _int(diverged.get("step"))
             message = str(diverged.get("error") or "diverged")[:ERROR_MAX_CHARS]
             return Outcome("diverged", message, step if step is not None else logged, step)
+        failed = self.last("training_failed")
+        error = error or (str(failed.get("error") or "training failed") if failed else None)
         if error:
             return Outcome("errored", error.strip()[:ERROR_MAX_CHARS], logged)
         trained = self.last("trained")

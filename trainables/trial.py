@@ -22,6 +22,7 @@ Files per trial (in the study folder):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,13 @@ from trainables.gslrm.config import (
     load_config,
 )
 from trainables.gslrm.version import code_version
-from trainables.journal import Outcome, TrialJournal, metric_records
+from trainables.journal import (
+    ERROR_MAX_CHARS,
+    Outcome,
+    TrialJournal,
+    append_event,
+    metric_records,
+)
 from trainables.train_worker import train_worker, with_tune_step
 
 SUMMARY_FILE = "trial_summary.json"
@@ -59,6 +66,9 @@ class TrialSettings:
     )  # follower key -> key whose value it copies
     objective: str = "val/psnr_union"  # a cover-all render cannot win it (gslrm/metrics.py)
     mode: str = "max"
+    # every metric the study's scheduler and searcher read (the objectives); a trial's last report
+    # must hold each, NaN where it has no value
+    metrics: tuple[str, ...] = ()
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -214,6 +224,8 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
     start = time.perf_counter()
     error, stop_note = fit(trainer)
     fit_s = time.perf_counter() - start
+    if error:
+        append_event(run_dir, "training_failed", error=error[:ERROR_MAX_CHARS])
 
     journal = TrialJournal.read(run_dir)
     outcome = journal.outcome(config.training.schedule.max_steps, error)
@@ -231,8 +243,25 @@ def run_trial(sampled: dict[str, Any], settings: TrialSettings) -> None:
         # Last, after the summary: a scheduler may stop the trial on this report.
         tune.report(recorded_summary(run_dir))
     if outcome.status in ("errored", "diverged"):
-        # Tune records the trial as errored (Optuna: failed); the study goes on.
-        raise RuntimeError(outcome.error)
+        # The trial's own end (its settings diverged, or its training failed after Ray Train's
+        # own restarts): its journal and summary record it (Optuna: FAIL) and this last report
+        # says it; nothing is raised. Tune's ERROR, which Tune retries (FailureConfig) and
+        # --resume restarts, is left to what the cluster does to a trial: a lost driver.
+        tune.report(failure_report(run_dir, outcome.status, outcome.error, settings))
+
+
+def failure_report(
+    run_dir: Path, status: str, error: str | None, settings: TrialSettings
+) -> dict[str, Any]:
+    """The last report of a trial that diverged or failed: what its run recorded last (steps,
+    metrics), its status and error, and NaN for every study metric it never logged (Tune checks
+    that a trial's last result holds the scheduler's and searcher's metrics)."""
+    report = recorded_summary(run_dir)
+    for metric in dict.fromkeys([settings.objective, *settings.metrics]):
+        value = report.get(metric)
+        report[metric] = value if isinstance(value, int | float) else math.nan
+    report.update(trial_status=status, trial_error=error or status)
+    return report
 
 
 def trial_summary(

@@ -2,10 +2,13 @@
 
     evaluate_run(run_dir, config) -> EvalResult      (also: python -m analysis.evaluate RUN_DIR)
 
-writes `<run>/eval/items.parquet` (one typed row per (item, view), columns ITEM_COLUMNS) and
-then `<run>/eval/protocol.json` (what makes two evaluations comparable), each atomically; the
-protocol file is written last, so its presence marks a complete evaluation, and the run's
-journal (`trainables.journal`) gets an `evaluated` event naming the checkpoint.
+writes `<run>/eval/items.parquet` (one typed row per (item, view), columns ITEM_COLUMNS),
+`<run>/eval/picture.png` (the validation picture's five labelled rows for the first item, every
+camera a column, drawn with the evaluated checkpoint and the evaluation's mask threshold) and
+then `<run>/eval/protocol.json` (what makes two evaluations comparable; it names the picture),
+each atomically; the protocol file is written last, so its presence marks a complete
+evaluation, and the run's journal (`trainables.journal`) gets an `evaluated` event naming the
+checkpoint and the picture.
 
 The protocol (issue 12; the FaceLift fork's audit lists what it must prevent):
 - Items: the test split `evaluation.dataset_path`, else `data_test.txt` beside the training
@@ -48,7 +51,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from trainables.gslrm.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -72,11 +76,11 @@ from trainables.gslrm.model import GSLRM
 from trainables.gslrm.render import render
 from trainables.gslrm.types import Cameras
 from trainables.gslrm.version import code_version
+from trainables.gslrm.visualize import validation_picture
 from trainables.journal import TrialJournal, append_event, read_json_lines
+from trainables.pictures import EVAL_DIR, EVAL_PICTURE, PROTOCOL_FILE
 
-EVAL_DIR = "eval"
 ITEMS_FILE = "items.parquet"
-PROTOCOL_FILE = "protocol.json"
 TEST_LIST = "data_test.txt"
 ROLES = ("input", "novel")
 _CKPT_NAME = re.compile(r"ckpt_(\d+)\.pt")
@@ -260,10 +264,13 @@ def score_items(
     dataset: MultiViewDataset,
     config: TrainerConfig,
     device: torch.device,
+    on_first_batch: Callable[[dict[str, torch.Tensor], torch.Tensor], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Render and score every item of `dataset`: one entry per (item, target view).
 
     Returns columns {ITEM_COLUMNS: [rows]}, items in list order, views in rig order.
+    on_first_batch(batch, renders) sees the first batch and its renders [B, Vt, 3, H, W]
+    (the picture is drawn from them, so the item is not rendered a second time).
     """
     ev = config.evaluation
     use_amp = device.type == "cuda" and config.training.runtime.use_amp
@@ -278,6 +285,8 @@ def score_items(
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             autocast = torch.autocast("cuda", dtype=dtype) if use_amp else contextlib.nullcontext()
             rgb = render_targets(model, batch, config, autocast)
+            if on_first_batch is not None and not columns["item_id"]:
+                on_first_batch(batch, rgb)
             values = item_view_metrics(
                 rgb,
                 batch["target_images"],
@@ -321,11 +330,36 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
-def write_evaluation(out_dir: Path, table: pa.Table, protocol: dict[str, Any]) -> tuple[Path, Path]:
-    """items.parquet, then protocol.json (the completion marker), both atomically."""
+def first_item_picture(
+    batch: dict[str, torch.Tensor], renders: torch.Tensor, mask_threshold: float
+) -> np.ndarray:
+    """The labelled five-row picture (trainables.gslrm.visualize) of a batch's first item:
+    uint8 [H', W', 3]. Its predicted-mask row uses the evaluation's threshold, the one
+    items.parquet's mask metrics use."""
+    return validation_picture(
+        batch["target_images"][0],
+        renders[0].float(),
+        batch["target_alpha"][0],
+        background=batch["background"][0],
+        mask_threshold=mask_threshold,
+    )
+
+
+def write_evaluation(
+    out_dir: Path,
+    table: pa.Table,
+    protocol: dict[str, Any],
+    picture: np.ndarray | None = None,
+) -> tuple[Path, Path]:
+    """items.parquet and picture.png (when given), then protocol.json (the completion marker
+    that names the picture), all atomically."""
     items_path, protocol_path = out_dir / ITEMS_FILE, out_dir / PROTOCOL_FILE
     protocol_path.unlink(missing_ok=True)  # an old record must not vouch for new items
     _atomic_write_bytes(items_path, lambda tmp: pq.write_table(table, tmp))
+    if picture is not None:
+        image = Image.fromarray(picture)
+        _atomic_write_bytes(out_dir / EVAL_PICTURE, lambda tmp: image.save(tmp, format="PNG"))
+        protocol = {**protocol, "picture": EVAL_PICTURE}
     text = json.dumps(protocol, indent=1, sort_keys=True) + "\n"
     _atomic_write_bytes(protocol_path, lambda tmp: Path(tmp).write_text(text))
     return items_path, protocol_path
@@ -410,8 +444,13 @@ def evaluate_run(
     if chosen.rule == "file":
         chosen = dataclasses.replace(chosen, step=report.step)
 
+    pictures: list[np.ndarray] = []
+
+    def keep_picture(batch: dict[str, torch.Tensor], renders: torch.Tensor) -> None:
+        pictures.append(first_item_picture(batch, renders, ev.pred_mask_threshold))
+
     render_start = time.perf_counter()
-    columns = score_items(model, dataset, eval_config, device)
+    columns = score_items(model, dataset, eval_config, device, on_first_batch=keep_picture)
     render_s = time.perf_counter() - render_start
     table = items_table(columns)
     keys = zip(columns["item_id"], columns["camera"].tolist(), strict=True)
@@ -443,7 +482,10 @@ def evaluate_run(
         "items_per_s": round(len(dataset) / render_s, 3) if render_s > 0 else None,
     }
     target = Path(out_dir) if out_dir is not None else run_dir / EVAL_DIR
-    items_path, protocol_path = write_evaluation(target, table, protocol)
+    picture = pictures[0] if pictures else None
+    items_path, protocol_path = write_evaluation(target, table, protocol, picture)
+    if picture is not None:
+        protocol["picture"] = EVAL_PICTURE
     if out_dir is None:  # the run's own evaluation: its journal says which checkpoint
         append_event(
             run_dir,
@@ -451,6 +493,7 @@ def evaluate_run(
             step=chosen.step,
             path=run_relative(chosen.path, run_dir),
             rule=chosen.rule,
+            picture=f"{EVAL_DIR}/{EVAL_PICTURE}" if picture is not None else None,
         )
     return EvalResult(
         items_path, protocol_path, protocol, table.num_rows, time.perf_counter() - start
