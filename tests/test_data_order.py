@@ -46,7 +46,18 @@ def item_order(monkeypatch, data: dict, seed: int, rank: int, epochs: int = 2) -
     ]
 
 
-def test_seed_sets_the_data_order_of_every_rank(monkeypatch, data) -> None:  # noqa: F811
+@pytest.fixture
+def no_ray_left_behind():
+    """Ray Train's helpers start a local Ray on first use; later tests of this pytest process
+    (tests/test_ddp.py) start their own, which ray.init refuses while this one is up."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_seed_sets_the_data_order_of_every_rank(monkeypatch, data, no_ray_left_behind) -> None:  # noqa: F811
     pytest.importorskip("ray.train.torch")
     by_seed = {
         seed: [item_order(monkeypatch, data, seed, r) for r in range(WORLD)] for seed in (0, 1)
