@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.test_study import terminate
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sacct")
 
@@ -170,9 +171,4 @@ class SlurmCluster:
         for name in reversed(list(self.procs)):
             proc = self.procs[name]
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=10)
+                terminate(proc, grace_s=30, kill_wait_s=10)

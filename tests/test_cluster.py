@@ -36,6 +36,7 @@ import pytest
 from tests.test_study import (
     REPO,
     cluster_env,
+    descendants,
     free_port,
     node_ports,
     stop_block_node,
@@ -43,6 +44,7 @@ from tests.test_study import (
     wait_for_port,
 )
 from trainables.gslrm.data.synthetic import generate_dataset
+from trainables.journal import metric_records
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +96,9 @@ class Cluster:
     def kill_raylet(self, name: str) -> None:
         """SIGKILL the raylet of node `name` (a lost machine); its `ray start --block` ends."""
         raylets = [
-            pid for pid in descendants(self.procs[name].pid) if process_name(pid) == "raylet"
+            pid
+            for pid, command in descendants(self.procs[name].pid).items()
+            if Path(command.split(" ", 1)[0]).name == "raylet"
         ]
         assert raylets, f"no raylet under node {name}"
         for pid in raylets:
@@ -114,30 +118,6 @@ class Cluster:
             if self.procs[name].poll() is None:
                 stop_block_node(self.procs[name])
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def process_name(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def descendants(root: int) -> list[int]:
-    """Every process below `root` (from /proc: each process's parent is field 4 of its stat)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # the command name (field 2) may hold spaces: split after its closing parenthesis
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
 
 
 @contextlib.contextmanager
@@ -178,17 +158,7 @@ def wait_for_nodes(address: str, count: int, logs: Path, timeout_s: float = 180)
 
 
 def validated_steps(run_dir: Path) -> list[int]:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    steps = []
-    for line in lines:
-        with contextlib.suppress(ValueError):
-            record = json.loads(line)
-            if "val/psnr_fg" in record:
-                steps.append(record["step"])
-    return steps
+    return [r["step"] for r in metric_records(run_dir) if "val/psnr_fg" in r]
 
 
 def wait_until(predicate, driver: subprocess.Popen, timeout_s: float, what: str) -> None:

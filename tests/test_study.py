@@ -149,15 +149,40 @@ def ray_head(num_cpus: int = 2):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def terminate(proc: subprocess.Popen, grace_s: float = 60, kill_wait_s: float = 30) -> None:
+    """SIGTERM `proc`; SIGKILL its process group when it has not ended after `grace_s`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=kill_wait_s)
+
+
 def stop_block_node(proc: subprocess.Popen) -> None:
     """`ray start --block` stops its own node's processes on SIGTERM; SIGKILL its group after
     a minute."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    terminate(proc)
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process below `root`: {pid: command line}, read from /proc (a process's parent is
+    field 4 of its stat; the command name, field 2, may hold spaces, so split after its ")")."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid in [pid for pid, ppid in parents.items() if ppid == parent]:
+            with contextlib.suppress(OSError):
+                found[pid] = (
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                ).decode()
+            frontier.append(pid)
+    return found
 
 
 def summaries(study_dir: Path) -> list[dict]:
