@@ -15,7 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_study import REPO, TINY, TINY_64PX, ray_head, study_env, summaries
+from tests.test_study import (
+    REPO,
+    TINY,
+    TINY_64PX,
+    descendants,
+    ray_head,
+    study_env,
+    summaries,
+)
 from trainables.gslrm.data.synthetic import generate_dataset
 from trainables.journal import TrialJournal
 
@@ -52,22 +60,7 @@ def ray_train_worker_pids(driver_pid: int, name: str = "RayTrainWorker") -> list
     """Ray processes named `name` (Train workers; "ImplicitFunc": Tune trial drivers)
     descending from this test's driver (its local Ray's raylet is the driver's child), never
     those of other studies running on the same machine."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
-    parent, workers = {}, []
-    for line in out.splitlines():
-        pid, ppid, *args = line.split(maxsplit=2)
-        parent[int(pid)] = int(ppid)
-        if args and name in args[0]:
-            workers.append(int(pid))
-
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            if pid == driver_pid:
-                return True
-            pid = parent.get(pid, 1)
-        return False
-
-    return [pid for pid in workers if descends(pid)]
+    return [pid for pid, command in descendants(driver_pid).items() if name in command]
 
 
 @pytest.mark.slow
@@ -100,17 +93,26 @@ def test_killed_worker_then_lost_driver_resume_from_their_checkpoints(tmp_path, 
     )
     study_dir = storage / "mouse_loss_sweep"
 
-    def newest_checkpoint() -> int:
-        ckpts = sorted((study_dir / "runs").glob("*/checkpoints/ckpt_*.pt"))
-        return int(ckpts[-1].stem.split("_")[1]) if ckpts else 0
+    def newest_reported_checkpoint() -> int:
+        """The newest checkpoint step the trainer has handed to Ray Train (its journal's
+        `reported` events): a checkpoint file on disk may not have reached Train yet."""
+        steps = [
+            e["step"]
+            for run in (study_dir / "runs").glob("*")
+            for e in TrialJournal.read(run).of("reported")
+        ]
+        return max(steps, default=0)
 
     def kill_after(step: int, name: str) -> int | None:
-        """SIGKILL the `name` processes once a checkpoint past `step` exists; its step."""
+        """SIGKILL the `name` processes once a checkpoint past `step` reached Ray Train; its
+        step. The kill waits 2 s more, so Train's controller (polling every 0.5 s here) has
+        recorded that checkpoint; a checkpoint interval is 10 steps of ~0.3 s."""
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            newest, pids = newest_checkpoint(), ray_train_worker_pids(proc.pid, name)
-            if newest > step and pids:
-                for pid in pids:
+            newest = newest_reported_checkpoint()
+            if newest > step and ray_train_worker_pids(proc.pid, name):
+                time.sleep(2)
+                for pid in ray_train_worker_pids(proc.pid, name):
                     os.kill(pid, signal.SIGKILL)
                 return newest
             time.sleep(0.3)
