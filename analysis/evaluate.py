@@ -16,7 +16,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SUMMARY_METRICS = ("psnr_fg", "psnr_union", "psnr_int", "ssim_fg", "mask_iou", "coverage", "psnr")
+SUMMARY_METRICS = (
+    "psnr_fg",
+    "psnr_bal",
+    "psnr_union",
+    "psnr_int",
+    "ssim_fg",
+    "mask_iou",
+    "coverage",
+    "psnr",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

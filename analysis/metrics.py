@@ -35,6 +35,7 @@ _KNOWN: dict[str, MetricInfo] = {
     "val/psnr": MetricInfo("PSNR", "dB", True, 2),
     "val/psnr_fg": MetricInfo("foreground PSNR", "dB", True, 2),
     "val/psnr_union": MetricInfo("PSNR on the silhouette union", "dB", True, 2),
+    "val/psnr_bal": MetricInfo("balanced PSNR (mouse and background equal)", "dB", True, 2),
     "val/ssim": MetricInfo("SSIM", "", True, 3),
     "val/mask_iou": MetricInfo("mask IoU", "", True, 3),
     "train/mask_iou": MetricInfo("train mask IoU", "", True, 3),

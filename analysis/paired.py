@@ -59,16 +59,32 @@ _KEY_WORDS = {
 ITEM_KEYS = ("item_id", "camera", "role")
 # Compared metrics, primary first; all are higher-is-better. The two foreground fractions
 # are diagnostics (the true one is the same for every trial by construction).
-COMPARED_METRICS = ("psnr_fg", "psnr_union", "psnr_int", "ssim_fg", "mask_iou", "coverage", "psnr")
+COMPARED_METRICS = (
+    "psnr_fg",
+    "psnr_bal",
+    "psnr_union",
+    "psnr_int",
+    "ssim_fg",
+    "mask_iou",
+    "coverage",
+    "psnr",
+)
 PRIMARY_METRIC = "psnr_fg"
 PRIMARY_ROLE = "all"  # all target views
 DEFAULT_MARGINS: dict[str, float] = dict(verdicts.DEFAULT_MARGINS)
-METRIC_UNITS = {"psnr": "dB", "psnr_fg": "dB", "psnr_int": "dB", "psnr_union": "dB"}
+METRIC_UNITS = {
+    "psnr": "dB",
+    "psnr_fg": "dB",
+    "psnr_int": "dB",
+    "psnr_union": "dB",
+    "psnr_bal": "dB",
+}
 METRIC_LABELS = {
     "psnr": "whole-image PSNR",
     "psnr_fg": "foreground PSNR",
     "psnr_int": "PSNR on the silhouette intersection",
     "psnr_union": "PSNR on the silhouette union",
+    "psnr_bal": "balanced PSNR (mouse and background weighted equally)",
     "ssim_fg": "foreground SSIM",
     "mask_iou": "mask IoU",
     "coverage": "foreground coverage",

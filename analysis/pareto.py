@@ -23,6 +23,7 @@ from analysis.tables import final_column
 REFERENCE: dict[str, float] = {
     "val/psnr_fg": 0.0,
     "val/psnr_union": 0.0,
+    "val/psnr_bal": 0.0,
     "val/psnr": 0.0,
     "val/mask_iou": 0.0,
 }

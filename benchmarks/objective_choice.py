@@ -1,14 +1,15 @@
-"""Which checkpoints and which trials each objective picks: val/psnr_fg against val/psnr_union.
+"""Which checkpoints and which trials each objective picks: val/psnr_fg, val/psnr_union, val/psnr_bal.
 
     python benchmarks/objective_choice.py STUDY_DIR [STUDY_DIR ...] [--rescore]
 
 Issue 22, item 13: foreground PSNR alone rewards painting mouse colour over the whole image;
-psnr_union (PSNR over the union of the true and predicted silhouettes, trainables/gslrm/
-metrics.py) charges the painted background. For every trial run folder (STUDY/runs/<trial>)
-this prints, per objective, the step the `best` checkpoint rule picks and that step's mask IoU
-and whole-image PSNR, then the trials ranked by each objective's best value.
+psnr_union (metrics v2's objective) and psnr_bal (v3's, the default: PSNR of the class-balanced
+MSE; definitions in trainables/gslrm/metrics.py) charge the painted background. For every trial
+run folder (STUDY/runs/<trial>) this prints, per objective, the step the `best` checkpoint rule
+picks and that step's mask IoU and whole-image PSNR, then the trials ranked by each objective's
+best value.
 
-Where a run's journal has no val/psnr_union (runs made before the metric existed), --rescore
+Where a run's journal lacks an objective (runs made before the metric existed), --rescore
 scores each *kept* checkpoint on the run's validation list with the evaluator (rig order,
 the run's own target views) and chooses among those; without --rescore such runs are listed
 as lacking the metric. Rescoring renders every kept checkpoint: minutes per run on a CPU.
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from trainables.journal import TrialJournal  # noqa: E402
 
-OBJECTIVES = ("val/psnr_fg", "val/psnr_union")
-SHOWN = ("val/psnr_fg", "val/psnr_union", "val/mask_iou", "val/psnr")
+OBJECTIVES = ("val/psnr_fg", "val/psnr_union", "val/psnr_bal")
+SHOWN = ("val/psnr_fg", "val/psnr_union", "val/psnr_bal", "val/mask_iou", "val/psnr")
 
 
 def best_step(curve: Mapping[int, Mapping[str, float]], objective: str) -> int | None:
@@ -90,11 +91,14 @@ def study_rows(study_dir: Path, rescore: bool) -> tuple[list[dict], list[str]]:
     rows, skipped = [], []
     for run_dir in sorted((study_dir / "runs").glob("*")):
         curve = TrialJournal.read(run_dir).curve
-        has_union = any("val/psnr_union" in m for m in curve.values())
-        if not has_union and rescore and (run_dir / "config.yaml").is_file():
-            curve, has_union = rescored_curve(run_dir), True
-        if not has_union:
-            skipped.append(f"{run_dir.name}: no val/psnr_union in its journal (use --rescore)")
+        scored = all(any(o in m for m in curve.values()) for o in OBJECTIVES)
+        if not scored and rescore and (run_dir / "config.yaml").is_file():
+            curve, scored = rescored_curve(run_dir), True
+        if not scored:
+            missing = [o for o in OBJECTIVES if not any(o in m for m in curve.values())]
+            skipped.append(
+                f"{run_dir.name}: no {', '.join(missing)} in its journal (use --rescore)"
+            )
             continue
         rows += choices(f"{study_dir.name}/{run_dir.name}", curve)
     return rows, skipped
@@ -121,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in skipped:
         print(f"skipped {line}")
     if not rows:
-        print("no run with both objectives")
+        print("no run with every objective")
         return 1
     frame = pd.DataFrame(rows)
     print("## Step each objective's `best` rule picks\n")

@@ -63,7 +63,7 @@ class StudySpec:
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
     # Tune's metric: progress line, best checkpoint, ASHA. PSNR over the union of the true and
     # predicted silhouettes: painting the whole image cannot win it (trainables/gslrm/metrics.py)
-    objective: str = "val/psnr_union"
+    objective: str = "val/psnr_bal"
     mode: str = "max"
     # Which checkpoint of every trial the held-out evaluation scores: "best" (by `objective` on
     # validation) or "last"; one rule for the whole study, recorded in study.json.
@@ -139,8 +139,8 @@ STUDIES: dict[str, StudySpec] = {
             "stopping (ASHA ranks by one metric and would cut trials on the other's front).",
             search="optuna",
             space="mouse_pareto",
-            objective="val/psnr_union",
-            objectives=("val/psnr_union", "val/mask_iou"),
+            objective="val/psnr_bal",
+            objectives=("val/psnr_bal", "val/mask_iou"),
             fixed={"validation.mask_iou_threshold": 0.1},
             num_samples=32,
             # Two objectives, one scheduler metric: ASHA keeps the top 1/2 of a rung by one

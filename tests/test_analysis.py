@@ -810,6 +810,7 @@ ITEM_METRIC_NAMES = (
     "psnr",
     "psnr_fg",
     "psnr_union",
+    "psnr_bal",
     "psnr_int",
     "ssim_fg",
     "mask_iou",
@@ -862,7 +863,7 @@ def write_eval(
     }
     values = {name: np.full(n_items * n_views, 0.5) for name in ITEM_METRIC_NAMES}
     values.update(psnr_fg=psnr_fg.ravel(), psnr=psnr_fg.ravel() + 10, psnr_int=psnr_fg.ravel())
-    values.update(psnr_union=psnr_fg.ravel())
+    values.update(psnr_union=psnr_fg.ravel(), psnr_bal=psnr_fg.ravel() + 3)
     values.update(pred_fg_fraction=np.full(n_items * n_views, pred_fraction))
     values.update(gt_fg_fraction=np.full(n_items * n_views, 0.05))
     columns.update({name: pa.array(values[name], pa.float64()) for name in ITEM_METRIC_NAMES})

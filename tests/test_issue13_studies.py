@@ -47,7 +47,7 @@ def test_pareto_smoke_storage_matches_the_report(tmp_path: Path, dataset: list[s
         study_name="mouse_pareto_sweep", storage=f"sqlite:///{study_dir / 'optuna.db'}"
     )
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
-    assert study.metric_names == ["val/psnr_union", "val/mask_iou"]
+    assert study.metric_names == ["val/psnr_bal", "val/mask_iou"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3  # FIFO: every trial runs to the end
     trials = pd.read_parquet(study_dir / "report" / "trials.parquet").set_index("trial_id")

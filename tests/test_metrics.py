@@ -18,6 +18,7 @@ BASE_KEYS = {
     "psnr_fg",
     "psnr_int",
     "psnr_union",
+    "psnr_bal",
     "ssim_fg",
     "coverage",
     "ssim",

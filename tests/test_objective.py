@@ -1,6 +1,7 @@
 """Issue 22 item 13: an objective painting cannot win. A render that paints mouse colour over
-the whole image beats a correct silhouette on foreground PSNR, and loses on psnr_union (PSNR
-over the union of the true and predicted silhouettes), the default objective now."""
+the whole image beats a correct silhouette on foreground PSNR, and loses on psnr_bal (PSNR of
+the class-balanced MSE: mouse and background weighted equally), the default objective now, as
+it does on psnr_union (v2's objective, which a better render can lose: the halo test)."""
 
 from __future__ import annotations
 
@@ -67,16 +68,72 @@ def test_a_halo_of_false_foreground_is_charged() -> None:
     assert float(values["psnr_union"]) == pytest.approx(-10 * math.log10(20 * 0.36 / 36))
 
 
-def test_validation_logs_psnr_union() -> None:
+def test_balanced_psnr_ranks_painting_and_emptiness_below_the_silhouette() -> None:
+    """Hand-computed on the 10 x 10 scene (16 mouse, 84 background pixels)."""
+    target, alpha = scene()
+    good = item_view_metrics(correct_silhouette(target), target, alpha, WHITE)
+    blob = item_view_metrics(cover_all(), target, alpha, WHITE)
+    empty = item_view_metrics(torch.ones_like(target), target, alpha, WHITE)
+    # correct: (0.01 + 0) / 2; cover-all: (0.03^2 + 0.57^2) / 2; empty: (0.6^2 + 0) / 2
+    assert float(good["psnr_bal"]) == pytest.approx(-10 * math.log10(0.005), abs=1e-4)
+    assert float(blob["psnr_bal"]) == pytest.approx(-10 * math.log10(0.1629), abs=1e-4)
+    assert float(empty["psnr_bal"]) == pytest.approx(-10 * math.log10(0.18), abs=1e-4)
+    assert float(empty["psnr_bal"]) == pytest.approx(float(empty["psnr_fg"]) + 10 * math.log10(2))
+    assert float(blob["psnr_fg"]) > float(good["psnr_fg"])
+    assert float(good["psnr_bal"]) > float(blob["psnr_bal"]) + 15.0
+
+
+def test_removing_mild_halo_pixels_raises_psnr_bal_and_lowers_psnr_union() -> None:
+    """Render A: the mouse 0.1 off, a one-pixel ring around it (20 pixels) of which 10 are
+    0.12 off the white background (above the 0.1 silhouette threshold) and 10 are 0.5 off.
+    Render B is A with the 10 mild ring pixels made exact: better at every pixel. The union's
+    mean loses its mildest pixels and falls (v2's flaw); the balanced PSNR rises."""
+    target, alpha = scene()
+    a = target.clone()
+    a[..., 3:7, 3:7] = 0.5
+    ring = [(r, c) for r in range(2, 8) for c in range(2, 8) if r in (2, 7) or c in (2, 7)]
+    for r, c in ring[:10]:
+        a[..., r, c] = 0.88
+    for r, c in ring[10:]:
+        a[..., r, c] = 0.5
+    b = a.clone()
+    for r, c in ring[:10]:
+        b[..., r, c] = 1.0
+    va, vb = (item_view_metrics(x, target, alpha, WHITE) for x in (a, b))
+    # union: A (16 x 0.01 + 10 x 0.0144 + 10 x 0.25) / 36, B (16 x 0.01 + 10 x 0.25) / 26
+    assert float(va["psnr_union"]) == pytest.approx(-10 * math.log10(2.804 / 36), abs=1e-3)
+    assert float(vb["psnr_union"]) == pytest.approx(-10 * math.log10(2.66 / 26), abs=1e-3)
+    # balanced: (0.01 + background SSE / 84) / 2
+    assert float(va["psnr_bal"]) == pytest.approx(
+        -10 * math.log10((0.01 + 2.644 / 84) / 2), abs=1e-3
+    )
+    assert float(vb["psnr_bal"]) == pytest.approx(-10 * math.log10((0.01 + 2.5 / 84) / 2), abs=1e-3)
+    assert float(vb["psnr_union"]) < float(va["psnr_union"])
+    assert float(vb["psnr_bal"]) > float(va["psnr_bal"])
+
+
+def test_balanced_psnr_without_one_class() -> None:
+    """No mouse in the view: the background's PSNR; mouse everywhere: the foreground's."""
+    target, alpha = scene()
+    render = correct_silhouette(target)
+    no_mouse = item_view_metrics(render, target, torch.zeros_like(alpha), WHITE)
+    all_mouse = item_view_metrics(render, target, torch.ones_like(alpha), WHITE)
+    assert float(no_mouse["psnr_bal"]) == pytest.approx(float(no_mouse["psnr"]))
+    assert float(all_mouse["psnr_bal"]) == pytest.approx(float(all_mouse["psnr_fg"]))
+    assert math.isnan(float(no_mouse["psnr_fg"]))
+
+
+def test_validation_logs_psnr_union_and_psnr_bal() -> None:
     target, alpha = scene()
     metrics = compute_metrics(cover_all(), target, alpha, WHITE, 0.1)
     assert metrics["psnr_union"] == pytest.approx(-10 * math.log10(0.27306), abs=1e-3)
+    assert metrics["psnr_bal"] == pytest.approx(-10 * math.log10(0.1629), abs=1e-3)
 
 
-def test_the_defaults_are_the_union_and_the_cover_flag_still_fires() -> None:
-    assert EvaluationConfig().objective == "val/psnr_union"
+def test_the_defaults_are_balanced_and_the_cover_flag_still_fires() -> None:
+    assert EvaluationConfig().objective == "val/psnr_bal"
     for spec in STUDIES.values():
-        assert spec.objective == "val/psnr_union", spec.name
+        assert spec.objective == "val/psnr_bal", spec.name
     # the cover-all flag stays as a check on what the objective let through
     blob = pd.DataFrame(
         {"trial_id": ["a"], "pred_fg_fraction": [1.0], "gt_fg_fraction": [0.16], "mask_iou": [0.16]}

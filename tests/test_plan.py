@@ -170,7 +170,7 @@ def test_issue13_studies_plan_against_the_trainer_config(tmp_path: Path, name: s
             assert plan.spec.grid["training.dataset.num_input_views"] == [1, 2, 3, 4, 5]
             assert plan.grid_seeds == ((0,) if smoke else None)
         else:
-            assert plan.spec.objectives == ("val/psnr_union", "val/mask_iou")
+            assert plan.spec.objectives == ("val/psnr_bal", "val/mask_iou")
             assert plan.spec.scheduler == "fifo"  # two objectives: no single-metric ASHA
             assert (
                 "training.losses.alpha_loss_weight"
@@ -181,13 +181,13 @@ def test_issue13_studies_plan_against_the_trainer_config(tmp_path: Path, name: s
 def test_objectives_must_start_with_the_tune_metric() -> None:
     from study.studies import StudySpec
 
-    with pytest.raises(ValueError, match="must start with its objective 'val/psnr_union'"):
+    with pytest.raises(ValueError, match="must start with its objective 'val/psnr_bal'"):
         StudySpec(
             name="x",
             description="x",
             search="optuna",
             space="mouse_pareto",
-            objectives=("val/mask_iou", "val/psnr_union"),
+            objectives=("val/mask_iou", "val/psnr_bal"),
         )
 
 

@@ -53,7 +53,7 @@ def protocol(n_inputs: int) -> dict:
         "metrics_version": 2,
         "item_set_hash": item_set_hash(keys),
         "checkpoint_rule": "best",
-        "checkpoint_objective": "val/psnr_union",
+        "checkpoint_objective": "val/psnr_bal",
         "pred_mask_threshold": 0.1,
         "gt_alpha_threshold": 0.5,
         "image_size": 64,

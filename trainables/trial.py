@@ -64,7 +64,7 @@ class TrialSettings:
     linked: dict[str, str] = field(
         default_factory=dict
     )  # follower key -> key whose value it copies
-    objective: str = "val/psnr_union"  # a cover-all render cannot win it (gslrm/metrics.py)
+    objective: str = "val/psnr_bal"  # a cover-all render cannot win it (gslrm/metrics.py)
     mode: str = "max"
     # every metric the study's scheduler and searcher read (the objectives); a trial's last report
     # must hold each, NaN where it has no value

@@ -210,7 +210,7 @@ class EvaluationConfig:  # (ours) the held-out evaluation protocol, see trainabl
     checkpoint: str = "best"  # best (by the validation objective) | last
     # validation metric that picks the `best` checkpoint: foreground PSNR over the union of the
     # true and predicted silhouettes, which a cover-all render cannot win (metrics.py)
-    objective: str = "val/psnr_union"
+    objective: str = "val/psnr_bal"
     objective_mode: str = "max"  # max | min
     batch_size: int = 4
     # Silhouettes: predicted = mean_c |render - background| > pred_mask_threshold,
@@ -568,7 +568,7 @@ def _validate_evaluation(ev: EvaluationConfig) -> None:
     _check(
         ev.objective.startswith("val/"),
         "evaluation.objective",
-        f"must be a validation metric such as val/psnr_union, got {ev.objective!r}",
+        f"must be a validation metric such as val/psnr_bal, got {ev.objective!r}",
     )
     _check(ev.objective_mode in ("max", "min"), "evaluation.objective_mode", "must be max or min")
     _check(ev.batch_size >= 1, "evaluation.batch_size", "must be >= 1")

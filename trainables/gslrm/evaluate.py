@@ -163,7 +163,7 @@ def run_validation_history(run_dir: Path, objective: str) -> dict[int, float]:
 
 
 def choose_checkpoint(
-    run_dir: Path, rule: str, objective: str = "val/psnr_union", mode: str = "max"
+    run_dir: Path, rule: str, objective: str = "val/psnr_bal", mode: str = "max"
 ) -> ChosenCheckpoint:
     """The run's checkpoint under `rule` (see the module docstring); unreadable files are skipped."""
     run_dir = Path(run_dir)
