@@ -1,16 +1,20 @@
 """docs/results.md from finished study folders: the answers as a researcher would cite them.
 
 ``python -m analysis.results STUDY_DIR [STUDY_DIR ...] --out docs/results.md`` writes, per study:
-the command and size it ran at, its seeds, evaluation items and protocol hash, the learning
-curves' end state, the seed-level and item-level factor tables of the report (same functions
-as report.md), and one validation picture per factor level. Pictures and factor plots are
-copied next to the output (``<out stem>/<study>/``), so the page stands without the study
-folders. Nothing here is typed by hand: rerun the command after a study changes.
+the command that reproduces it (size, seeds, --until-decided as recorded in study.json), its
+seeds, evaluation items and protocol hash, the learning curves' end state, the looks of an
+--until-decided study, the seed-level and item-level factor tables of the report (same functions
+as report.md), the planner's seeds-needed lines (analysis.plan) and one validation picture per
+factor level. Pictures and factor plots are copied next to the output (``<out stem>/<study>/``),
+so the page stands without the study folders, and no path on it is absolute: data files are
+named relative to the study's storage folder. Nothing here is typed by hand: rerun the command
+after a study changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -24,19 +28,52 @@ from analysis.compare import FactorComparison, analysis_set, compare_all, level_
 from analysis.levels import level_pair_factors
 from analysis.load import NotAStudyError, read_study_info, read_trials
 from analysis.markdown import evaluation_section, factors_section, table
+from analysis.plan import plan_study
 from analysis.report import add_item_flags, factor_plot_name
+from analysis.sequential import report_section as sequential_report_section
 from analysis.tables import build_curves, build_trials
 
 END_STATE_METRICS = ("val/mask_iou", "val/psnr_fg", "val/psnr")
 
 
 def study_command(record: dict) -> str:
-    """The command that reproduces the study (size and seeds as recorded)."""
+    """The command that reproduces the study (size, seeds and stopping rule as recorded)."""
     parts = ["python -m study.run", str(record.get("study"))]
     size = record.get("size") or ("smoke" if record.get("smoke") else "full")
     if size != "full":
         parts += ["--size", size]
+    plan = record.get("plan") or {}
+    if plan.get("seeds"):
+        parts += ["--seeds", " ".join(str(s) for s in plan["seeds"])]
+    if plan.get("until_decided"):
+        parts.append("--until-decided")
+        if plan.get("max_seeds"):
+            parts += ["--max-seeds", str(plan["max_seeds"])]
+    parts += [f"--margin {m}" for m in plan.get("margin_args") or []]
+    parts += [f"--set {a}" for a in plan.get("set_args") or []]
     return " ".join(parts)
+
+
+def shown_path(path: str, study_dir: Path) -> str:
+    """A data path as the page names it: relative to the study's storage folder when inside
+    it, else its folder and file name (the page never names another machine's paths)."""
+    candidate = Path(path)
+    storage = study_dir.resolve().parent
+    try:
+        return candidate.resolve().relative_to(storage).as_posix()
+    except ValueError:
+        return Path(*candidate.parts[-2:]).as_posix() if candidate.parts else path
+
+
+def relative_protocol(
+    evaluation: paired.StudyEvaluation, study_dir: Path
+) -> paired.StudyEvaluation:
+    """The evaluation with its protocol's dataset path made relative (shown_path)."""
+    protocol = evaluation.protocol
+    if not protocol or not protocol.get("dataset_path"):
+        return evaluation
+    path = shown_path(str(protocol["dataset_path"]), study_dir)
+    return dataclasses.replace(evaluation, protocol={**protocol, "dataset_path": path})
 
 
 def end_state(curves: pd.DataFrame, trials: pd.DataFrame) -> list[list[str]]:
@@ -132,8 +169,16 @@ def study_section(study_dir: Path, pictures_root: Path, margins: dict[str, float
         f"checkpoint rule `{protocol.get('checkpoint_rule', record.get('checkpoint_rule', '?'))}`.",
         "Learning curves at the last step (finished trials):",
         table(["metric", "step", "mean", "range", "trials"], end_state(curves, trials)),
-        evaluation_section(evaluation),
+    ]
+    looks = sequential_report_section(study_record)
+    if looks:
+        parts.append(looks.replace("## ", "### ", 1))
+    parts += [
+        evaluation_section(relative_protocol(evaluation, study_dir)),
         factors_section(comparisons, plot_names, evaluation),
+        "Seeds these questions need (`python -m analysis.plan "
+        f"{study.name}`: 80% power, alpha 0.05, at the study's margins):\n\n```\n"
+        f"{plan_study(study_dir)}\n```",
     ]
     for comparison in comparisons:
         parts += level_pictures(study_dir, trials, comparison, dest)

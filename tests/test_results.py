@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from analysis.report import write_report
-from analysis.results import main
-from tests.test_analysis import MOUSE_FG, RANDOM_FG, add_pairs, write_study
+from analysis.results import main, shown_path, study_command
+from tests.test_analysis import MOUSE_FG, N_ITEMS, RANDOM_FG, add_pairs, write_eval, write_study
 
 
 def test_results_page_from_a_study_folder(tmp_path: Path) -> None:
     study_dir = write_study(tmp_path / "studies", size="cpu", smoke=False)
     add_pairs(study_dir, RANDOM_FG, MOUSE_FG)
+    for seed in (1, 2, 3):  # held-out items: mouse 1 dB better, the test list at /data/mice
+        base = np.full((N_ITEMS, 6), 20.0 + seed)
+        write_eval(study_dir, f"r{seed:04d}_00000", base)
+        write_eval(study_dir, f"m{seed:04d}_00000", base + 1.0 + 0.1 * seed)
     for trial in ("r0001_00000", "m0001_00000"):  # a validation picture for seed 1 of each level
         folder = study_dir / "runs" / trial / "pictures"
         folder.mkdir(parents=True)
@@ -40,3 +45,24 @@ def test_results_page_from_a_study_folder(tmp_path: Path) -> None:
     assert main([str(study_dir), "--out", str(out)]) == 0
     assert not stale.exists() and (pictures / "dataset_type_mouse.png").exists()
     assert main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    # no absolute path on the page: the test list is named by its folder and file
+    page = out.read_text()
+    assert str(tmp_path) not in page and "/data/mice" not in page
+    assert "`mice/data_test.txt`" in page
+    assert "Seeds these questions need" in page and "Study view_order_ablation:" in page
+
+
+def test_results_command_and_paths_are_reproducible_and_relative(tmp_path: Path) -> None:
+    record = {
+        "study": "view_order_ablation",
+        "size": "cpu",
+        "plan": {"until_decided": True, "max_seeds": 10, "margin_args": ["psnr_fg=0.3"]},
+    }
+    assert study_command(record) == (
+        "python -m study.run view_order_ablation --size cpu --until-decided --max-seeds 10 "
+        "--margin psnr_fg=0.3"
+    )
+    study_dir = tmp_path / "studies" / "view_order_ablation"
+    inside = tmp_path / "studies" / "_data" / "mouse6" / "data_test.txt"
+    assert shown_path(str(inside), study_dir) == "_data/mouse6/data_test.txt"
+    assert shown_path("/elsewhere/mice/data_test.txt", study_dir) == "mice/data_test.txt"
