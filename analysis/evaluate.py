@@ -16,16 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SUMMARY_METRICS = (
-    "psnr_fg",
-    "psnr_bal",
-    "psnr_union",
-    "psnr_int",
-    "ssim_fg",
-    "mask_iou",
-    "coverage",
-    "psnr",
-)
+from analysis.paired import COMPARED_METRICS as SUMMARY_METRICS  # the printed means
 
 
 def build_parser() -> argparse.ArgumentParser:

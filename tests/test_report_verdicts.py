@@ -35,7 +35,7 @@ def test_confirmatory_row_first_every_other_row_exploratory(tmp_path: Path) -> N
     verdict_rows = [r for r in rows if r.startswith(("| exploratory", "| **confirmatory"))]
     assert verdict_rows[0].startswith("| **confirmatory** | all | `psnr_fg` |")
     assert sum("**confirmatory**" in r for r in verdict_rows) == 1
-    assert len(verdict_rows) == 21  # 7 metrics x 3 view roles
+    assert len(verdict_rows) == 24  # 8 metrics x 3 view roles
     assert "| 3 of 3 |" in verdict_rows[0]  # seeds won, not a probability
     assert "Per rig camera, exploratory (uncorrected" in section
     assert "Confirmatory question: `psnr_fg` on all target views" in text

@@ -105,6 +105,11 @@ ITEM_METRICS = (
     "gt_fg_fraction",
 )
 
+# What validation averages over views (mask IoU is pooled instead; the fractions are diagnostics).
+VIEW_MEAN_METRICS = tuple(
+    m for m in ITEM_METRICS if m not in ("mask_iou", "pred_fg_fraction", "gt_fg_fraction")
+)
+
 
 def psnr_from_mse(mse: Tensor | float) -> Tensor | float:
     """PSNR in dB for images in [0, 1], capped at 100 dB where MSE is 0.
@@ -278,18 +283,7 @@ def compute_metrics(
         target = target.detach().float()
         target_alpha = target_alpha.detach().float()
         per_view = item_view_metrics(render, target, target_alpha, background, mask_iou_threshold)
-        metrics = {
-            name: _view_mean(per_view[name])
-            for name in (
-                "psnr",
-                "psnr_fg",
-                "psnr_int",
-                "psnr_union",
-                "psnr_bal",
-                "ssim_fg",
-                "coverage",
-            )
-        }
+        metrics = {name: _view_mean(per_view[name]) for name in VIEW_MEAN_METRICS}
         metrics["ssim"] = mean_ssim(render, target)
         metrics["mask_iou"] = float(mask_iou(render, target_alpha, background, mask_iou_threshold))
         if lpips_available():
