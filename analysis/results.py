@@ -33,7 +33,7 @@ from analysis.report import add_item_flags, factor_plot_name
 from analysis.sequential import report_section as sequential_report_section
 from analysis.tables import build_curves, build_trials
 
-END_STATE_METRICS = ("val/mask_iou", "val/psnr_fg", "val/psnr")
+END_STATE_METRICS = ("val/mask_iou", "val/psnr_fg", "val/psnr_bal", "val/psnr")
 
 
 def study_command(record: dict) -> str:
@@ -208,6 +208,9 @@ def write_results(
     for picture in pictures_root.glob("*/*.png"):
         if f"{pictures_root.name}/{picture.parent.name}/{picture.name}" not in text:
             picture.unlink(missing_ok=True)
+    for folder in pictures_root.iterdir():  # a study no longer on the page leaves no folder
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     return out
 
 

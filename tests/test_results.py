@@ -44,6 +44,11 @@ def test_results_page_from_a_study_folder(tmp_path: Path) -> None:
     Image.new("RGB", (8, 8)).save(stale)
     assert main([str(study_dir), "--out", str(out)]) == 0
     assert not stale.exists() and (pictures / "dataset_type_mouse.png").exists()
+    gone = tmp_path / "docs" / "results" / "mask_loss_ablation"  # a study no longer on the page
+    gone.mkdir()
+    Image.new("RGB", (8, 8)).save(gone / "masked_l2_on.png")
+    assert main([str(study_dir), "--out", str(out)]) == 0
+    assert not gone.exists()
     assert main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
     # no absolute path on the page: the test list is named by its folder and file
     page = out.read_text()
