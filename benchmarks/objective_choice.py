@@ -112,6 +112,20 @@ def ranking(rows: pd.DataFrame, objective: str) -> pd.DataFrame:
     return part[["rank", "trial", "step", *SHOWN]]
 
 
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per objective: the steps its rule picks (median, range) and the means of the shown
+    metrics at those steps, over the trials."""
+    grouped = rows.groupby("objective", sort=False)
+    table = grouped.agg(
+        trials=("trial", "count"),
+        median_step=("step", "median"),
+        first_step=("step", "min"),
+        last_step=("step", "max"),
+        **{f"mean {m}": (m, "mean") for m in SHOWN},
+    )
+    return table.reset_index()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study_dirs", nargs="+", type=Path)
@@ -130,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     frame = pd.DataFrame(rows)
     print("## Step each objective's `best` rule picks\n")
     print(frame.to_string(index=False, float_format="{:.3f}".format))
+    print("\n## Per objective: the picked steps and the mean metrics there\n")
+    print(summary(frame).to_string(index=False, float_format="{:.3f}".format))
     for objective in OBJECTIVES:
         print(f"\n## Trials ranked by {objective}\n")
         print(ranking(frame, objective).to_string(index=False, float_format="{:.3f}".format))
