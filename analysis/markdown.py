@@ -389,7 +389,9 @@ def evaluation_section(evaluation: paired.StudyEvaluation | None) -> str:
             f"(s) {', '.join(map(str, evaluation.shared_cameras))}, a target of every trial "
             "(a camera one level sees as input would reward copying it). Each input set's own "
             f"views, described apart (mean `{metric}` over its trials; not compared: each row "
-            "is scored on different cameras):",
+            "is scored on different cameras; a run trained with "
+            "`training.dataset.target_has_input: false` never learns to render its input "
+            "cameras, so its input rows show extrapolation, not reconstruction):",
             "",
             table(
                 ["inputs (cameras)", "role", "trials", "item-views", f"mean `{metric}`"],
