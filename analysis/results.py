@@ -44,7 +44,7 @@ def study_command(record: dict) -> str:
         parts += ["--size", size]
     plan = record.get("plan") or {}
     if plan.get("seeds"):
-        parts += ["--seeds", " ".join(str(s) for s in plan["seeds"])]
+        parts += ["--seeds", ",".join(str(s) for s in plan["seeds"])]  # run.parse_seeds
     if plan.get("until_decided"):
         parts.append("--until-decided")
         if plan.get("max_seeds"):

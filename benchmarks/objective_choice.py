@@ -91,11 +91,10 @@ def study_rows(study_dir: Path, rescore: bool) -> tuple[list[dict], list[str]]:
     rows, skipped = [], []
     for run_dir in sorted((study_dir / "runs").glob("*")):
         curve = TrialJournal.read(run_dir).curve
-        scored = all(any(o in m for m in curve.values()) for o in OBJECTIVES)
-        if not scored and rescore and (run_dir / "config.yaml").is_file():
-            curve, scored = rescored_curve(run_dir), True
-        if not scored:
-            missing = [o for o in OBJECTIVES if not any(o in m for m in curve.values())]
+        missing = [o for o in OBJECTIVES if not any(o in m for m in curve.values())]
+        if missing and rescore and (run_dir / "config.yaml").is_file():
+            curve, missing = rescored_curve(run_dir), []
+        if missing:
             skipped.append(
                 f"{run_dir.name}: no {', '.join(missing)} in its journal (use --rescore)"
             )

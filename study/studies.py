@@ -61,8 +61,8 @@ class StudySpec:
         default_factory=dict
     )  # follower key -> key whose value it copies
     fixed: dict[str, Any] = field(default_factory=dict)  # applied to every trial
-    # Tune's metric: progress line, best checkpoint, ASHA. PSNR over the union of the true and
-    # predicted silhouettes: painting the whole image cannot win it (trainables/gslrm/metrics.py)
+    # Tune's metric: progress line, best checkpoint, ASHA. PSNR of the class-balanced MSE (mouse
+    # and background weighted equally): painting the whole image cannot win it (gslrm/metrics.py)
     objective: str = "val/psnr_bal"
     mode: str = "max"
     # Which checkpoint of every trial the held-out evaluation scores: "best" (by `objective` on

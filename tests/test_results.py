@@ -67,6 +67,8 @@ def test_results_command_and_paths_are_reproducible_and_relative(tmp_path: Path)
         "python -m study.run view_order_ablation --size cpu --until-decided --max-seeds 10 "
         "--margin psnr_fg=0.3"
     )
+    record["plan"] = {"seeds": [0, 1]}  # as study.run's --seeds parses them
+    assert study_command(record) == "python -m study.run view_order_ablation --size cpu --seeds 0,1"
     study_dir = tmp_path / "studies" / "view_order_ablation"
     inside = tmp_path / "studies" / "_data" / "mouse6" / "data_test.txt"
     assert shown_path(str(inside), study_dir) == "_data/mouse6/data_test.txt"

@@ -208,8 +208,8 @@ class EvaluationConfig:  # (ours) the held-out evaluation protocol, see trainabl
     # exists, else the validation list (the protocol record says which one was used).
     dataset_path: str = ""
     checkpoint: str = "best"  # best (by the validation objective) | last
-    # validation metric that picks the `best` checkpoint: foreground PSNR over the union of the
-    # true and predicted silhouettes, which a cover-all render cannot win (metrics.py)
+    # validation metric that picks the `best` checkpoint: PSNR of the class-balanced MSE (mouse
+    # and background weighted equally), which a cover-all render cannot win (metrics.py)
     objective: str = "val/psnr_bal"
     objective_mode: str = "max"  # max | min
     batch_size: int = 4

@@ -291,15 +291,20 @@ def compute_metrics(
     return metrics
 
 
-def _masked_psnr(sq_err: Tensor, mask: Tensor) -> Tensor:
-    """PSNR over the pixels of `mask`, per view: [N, 3, H, W], [N, 1, H, W] -> [N].
-
-    MSE = sum over mask pixels and channels of sq_err / (3 |mask|); NaN where |mask| = 0.
-    """
+def _masked_mse(sq_err: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """MSE over the pixels of `mask` and their count, per view: [N, 3, H, W], [N, 1, H, W] ->
+    ([N], [N]). MSE = sum over mask pixels and channels of sq_err / (3 |mask|); 0 where empty."""
     weights = mask.to(sq_err.dtype)
     sse = (sq_err * weights).flatten(1).sum(dim=1)
-    count = weights.flatten(1).sum(dim=1) * sq_err.shape[1]
-    psnr = psnr_from_mse(sse / count.clamp_min(1.0))
+    count = weights.flatten(1).sum(dim=1)
+    return sse / (count * sq_err.shape[1]).clamp_min(1.0), count
+
+
+def _masked_psnr(sq_err: Tensor, mask: Tensor) -> Tensor:
+    """PSNR over the pixels of `mask`, per view: [N, 3, H, W], [N, 1, H, W] -> [N]; NaN where
+    |mask| = 0."""
+    mse, count = _masked_mse(sq_err, mask)
+    psnr = psnr_from_mse(mse)
     return torch.where(count > 0, psnr, torch.full_like(psnr, float("nan")))
 
 
@@ -309,11 +314,8 @@ def balanced_psnr(sq_err: Tensor, gt: Tensor) -> Tensor:
     The mean of the MSE over the gt pixels and the MSE over the other pixels; where one of the
     two sets is empty, the MSE of the other (so never NaN).
     """
-    per_pixel = sq_err.mean(dim=1, keepdim=True).flatten(1)
-    fg = gt.flatten(1).to(per_pixel.dtype)
-    n_fg, n_bg = fg.sum(dim=1), (1.0 - fg).sum(dim=1)
-    mse_fg = (per_pixel * fg).sum(dim=1) / n_fg.clamp_min(1.0)
-    mse_bg = (per_pixel * (1.0 - fg)).sum(dim=1) / n_bg.clamp_min(1.0)
+    mse_fg, n_fg = _masked_mse(sq_err, gt)
+    mse_bg, n_bg = _masked_mse(sq_err, ~gt)
     balanced = torch.where(
         n_fg == 0, mse_bg, torch.where(n_bg == 0, mse_fg, 0.5 * (mse_fg + mse_bg))
     )
