@@ -295,7 +295,7 @@ def report_section(record: Mapping | None) -> str | None:
         f"Stopping rule: {entry.get('rule', '?')}. Confirmatory metric: "
         f"{entry.get('metric', '?')} ({entry.get('split', '?')}), equivalence margin "
         f"±{entry.get('margin', '?')}; first look at {entry.get('first_look', '?')} seeds, at "
-        f"most {entry.get('max_seeds', '?')} seeds. Seeds run: {len(seeds)} "
+        f"most {entry.get('max_seeds', '?')} seeds. Seeds started: {len(seeds)} "
         f"({', '.join(str(s) for s in seeds)}); {state}. The verdicts in this table carry the "
         "sequential procedure's error rates (alpha spent across looks). The held-out (test) "
         "verdicts elsewhere in this report are fixed-n verdicts at the final seed count: the "

@@ -103,4 +103,4 @@ def test_until_decided_records_its_looks_and_resumes_after_sigterm(tmp_path, dat
     assert len(summaries) == 6, summaries
     report = (study_dir / "report" / "report.md").read_text()
     assert "## Sequential design (--until-decided)" in report
-    assert "| 3 |" in report and "Seeds run: 3 (0, 1, 2)" in report
+    assert "| 3 |" in report and "Seeds started: 3 (0, 1, 2)" in report
