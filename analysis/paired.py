@@ -8,9 +8,9 @@ pandas / numpy: no torch, no Ray.
 Pairs. Two trials pair up as in analysis.compare (same seed, every other varying config key
 equal); within a pair group, the difference of a metric on one (item, view) is the mean over
 the group's treatment trials minus the mean over its baseline trials. An undefined (NaN) value
-in some trials of the group is a failed prediction and is scored at the metric's floor
-(analysis.verdicts.score_undefined, counted per arm); an (item, view) undefined in every
-trial (no ground-truth foreground) is left out and counted.
+in some trials of the study is a failed prediction and is scored at the metric's floor
+(analysis.verdicts.score_undefined, counted per arm), also where both arms of a group failed;
+an (item, view) undefined in every trial (no ground-truth foreground) is left out and counted.
 
 Verdicts. analysis.verdicts.paired_verdict on every metric x view role (all / input / novel)
 and per rig camera: per-seed mean differences (the pair groups of a seed averaged first),
@@ -154,7 +154,8 @@ def paired_item_differences(
     baseline difference (mean over the group's trials of each level) and, per metric, whether
     the treatment / baseline arm had an undefined value scored at the floor
     (`undefined_treatment:<metric>`, `undefined_baseline:<metric>`; verdicts.score_undefined).
-    A metric undefined in every trial of the group (no ground-truth foreground) stays NaN.
+    A metric undefined in every trial of the study for an (item, view) (no ground-truth
+    foreground) stays NaN.
 
     items: gathered item rows with trial_id; trials: the analysed trials (config columns).
     """
@@ -171,7 +172,10 @@ def paired_item_differences(
     empty = pd.DataFrame(columns=["group", "seed", *ITEM_KEYS, "block", *metrics, *flags])
     joined = items.drop(columns=["seed"], errors="ignore").merge(frame, on="trial_id")
     keys = ["group", *ITEM_KEYS]
-    joined, scored = verdicts.score_undefined(joined, metrics, keys)
+    # Undefined in both arms of one pair group but defined in another group (both collapsed)
+    # is a failure of both arms, scored at the floor; only an (item, view) that no trial of
+    # the study defines (no ground-truth foreground) is unscorable.
+    joined, scored = verdicts.score_undefined(joined, metrics, list(ITEM_KEYS))
     for metric in metrics:
         joined[f"floor:{metric}"] = scored[metric].to_numpy(dtype=bool)
     grouped = joined.groupby([*keys, "level"], sort=True)

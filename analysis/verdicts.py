@@ -60,7 +60,10 @@ hide exactly the collapsed seeds. Rule (`score_undefined`, applied to the arms b
 differenced): an (item, view) undefined in some trials but not all is scored at the metric's
 worst case FLOORS (0 dB PSNR: the MSE of [0, 1] images is at most 1; SSIM −1; IoU and coverage
 0) in the trials where it is undefined, and counted per arm; an (item, view) undefined in every
-trial of the pair (an empty ground-truth mask: nothing to score) is left out and counted.
+trial of the study (an empty ground-truth mask: nothing to score) is left out and counted. The
+report passes the whole study's trials, so a pair whose two arms both collapsed is two failures
+(floor - floor), not a left-out item (mask_loss_ablation at the cpu size: 720 of 2,304
+item-views were both-arm collapses).
 paired_verdict refuses NaN differences rather than drop them.
 
 Seeds needed (`seeds_for_detection`, `seeds_for_equivalence`): the smallest n with 80% power

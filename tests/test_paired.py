@@ -196,6 +196,16 @@ def test_an_empty_prediction_is_scored_as_a_failure_not_dropped() -> None:
     assert "undefined (empty prediction) in 60 treatment and 0 baseline item-views" in (
         paired.item_sentence(mouse, "psnr_int")
     )
+    # undefined in both arms of one pair group (both collapsed) but defined elsewhere: both
+    # arms fail, scored at the floor (difference 0), not left out
+    both = items["trial_id"].isin(["t100", "t110"]) & (items["item_id"] == "test_000001")
+    items.loc[both, "psnr_int"] = np.nan
+    (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
+    assert mouse.get("psnr_int").n_unscorable == 0
+    assert (
+        mouse.get("psnr_int").result.undefined_treatment,
+        mouse.get("psnr_int").result.undefined_baseline,
+    ) == (66, 6)
     # undefined in every trial (no ground-truth foreground): left out and counted
     items.loc[items["item_id"] == "test_000000", "psnr_int"] = np.nan
     (mouse,) = paired.compare_items(items, trials, [DATASET_TYPE])
